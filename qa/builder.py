@@ -1,0 +1,216 @@
+"""Build: load → chunk → embed → store, written as a new index generation.
+
+Vectors of chunks and sentences whose text is unchanged are reused from the generation in
+service (same model and chunker settings), so rebuilding after an edit embeds only what
+changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qa.chunker import Chunker
+from qa.documents import Chunk, Document
+from qa.embedder import Embedder
+from qa.errors import QAError
+from qa.index import (
+    BuildPayload,
+    IndexData,
+    IndexSpec,
+    index_lock,
+    load_current,
+    write_generation,
+)
+from qa.loaders import load_corpus
+
+log = logging.getLogger(__name__)
+
+ProgressFactory = Callable[[int], Callable[[int], None]]  # total -> advance(n)
+
+
+@dataclass
+class BuildReport:
+    generation: int
+    path: Path
+    documents: int
+    chunks: int
+    sentences: int
+    embedded: int
+    reused: int
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _reusable_vectors(previous: IndexData | None) -> dict[str, np.ndarray]:
+    """Embedding-text hash → vector, from the generation in service."""
+    if previous is None:
+        return {}
+    cache: dict[str, np.ndarray] = {}
+    for i, chunk in enumerate(previous.chunks):
+        cache[_key(chunk.embed_text)] = previous.chunk_vectors[i]
+    for (row, start, end), vec in zip(previous.sentences, previous.sentence_vectors, strict=True):
+        doc = previous.documents[previous.chunks[int(row)].doc_id]
+        cache[_key(doc.text[int(start) : int(end)])] = vec
+    return cache
+
+
+def embed_with_cache(
+    texts: list[str],
+    embedder: Embedder,
+    cache: dict[str, np.ndarray],
+    progress: Callable[[int], None] | None,
+) -> tuple[np.ndarray, int]:
+    """Vectors for ``texts``; identical texts are embedded once, cached ones not at all."""
+    keys = [_key(t) for t in texts]
+    todo: dict[str, str] = {}
+    for k, t in zip(keys, texts, strict=True):
+        if k not in cache and k not in todo:
+            todo[k] = t
+    if todo:
+        fresh = embedder.embed(list(todo.values()), progress=progress)
+        for k, vec in zip(todo, fresh, strict=True):
+            cache[k] = vec
+    dim = embedder.dimension
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32), 0
+    return np.vstack([cache[k] for k in keys]).astype(np.float32), len(todo)
+
+
+def build_index(
+    corpus_dir: Path,
+    index_dir: Path,
+    embedder: Embedder,
+    spec: IndexSpec,
+    *,
+    keep_generations: int = 2,
+    progress: ProgressFactory | None = None,
+    reuse: bool = True,
+) -> BuildReport:
+    """Index ``corpus_dir`` into a new generation of ``index_dir`` and put it in service."""
+    if not corpus_dir.is_dir():
+        raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
+    began = time.perf_counter()
+    with index_lock(index_dir):
+        previous: IndexData | None = None
+        if reuse:
+            try:
+                previous = load_current(index_dir, spec)
+            except QAError as exc:
+                log.info("not reusing the previous index: %s", exc.message)
+        loaded = load_corpus(corpus_dir)
+        documents = loaded.documents
+        skipped = [{"path": s.path, "reason": s.reason} for s in loaded.skipped]
+
+        max_tokens = min(spec.chunk_tokens, embedder.max_tokens)
+        overlap = min(spec.chunk_overlap_tokens, max_tokens - 1)
+        chunker = Chunker(embedder.count_tokens, max_tokens, overlap)
+        chunks: list[Chunk] = []
+        sentence_rows: list[tuple[int, int, int]] = []
+        by_id: dict[str, Document] = {}
+        for doc in documents:
+            chunked = chunker.chunk(doc)
+            by_id[doc.doc_id] = doc
+            for chunk, sents in zip(chunked.chunks, chunked.sentences, strict=True):
+                row = len(chunks)
+                chunks.append(chunk)
+                sentence_rows.extend((row, s, e) for s, e in sents)
+
+        sentence_texts = [by_id[chunks[r].doc_id].text[s:e] for r, s, e in sentence_rows]
+        chunk_texts = [c.embed_text for c in chunks]
+        cache = _reusable_vectors(previous)
+        advance = None
+        if progress is not None:
+            need = {_key(t) for t in chunk_texts + sentence_texts} - cache.keys()
+            advance = progress(len(need))
+        chunk_vectors, n1 = embed_with_cache(chunk_texts, embedder, cache, advance)
+        sentence_vectors, n2 = embed_with_cache(sentence_texts, embedder, cache, advance)
+
+        before = previous.manifest["documents"] if previous else {}
+        now = {d.doc_id: d.sha256 for d in documents}
+        added = sorted(set(now) - set(before))
+        removed = sorted(set(before) - set(now))
+        changed = sorted(d for d in set(now) & set(before) if before[d]["sha256"] != now[d])
+        unchanged = len(set(now) & set(before)) - len(changed)
+
+        embedded = n1 + n2
+        total_vectors = len(chunk_texts) + len(sentence_texts)
+        seconds = time.perf_counter() - began
+        stats: dict[str, Any] = {
+            "seconds": round(seconds, 3),
+            "embedded": embedded,
+            "reused": total_vectors - embedded,
+            "chunks_per_second": round(len(chunks) / seconds, 1) if seconds else None,
+        }
+        payload = BuildPayload(
+            documents=documents,
+            chunks=chunks,
+            chunk_vectors=chunk_vectors,
+            sentences=np.asarray(sentence_rows, dtype=np.int64).reshape(-1, 3),
+            sentence_vectors=sentence_vectors,
+            skipped=skipped,
+            spec=spec,
+            dimension=embedder.dimension,
+            stats=stats,
+        )
+        gen_dir = write_generation(index_dir, payload, keep=keep_generations)
+    return BuildReport(
+        generation=int(gen_dir.name.split("-")[1]),
+        path=gen_dir,
+        documents=len(documents),
+        chunks=len(chunks),
+        sentences=len(sentence_rows),
+        embedded=embedded,
+        reused=total_vectors - embedded,
+        skipped=skipped,
+        seconds=time.perf_counter() - began,
+        added=added,
+        changed=changed,
+        removed=removed,
+        unchanged=unchanged,
+    )
+
+
+def index_freshness(corpus_dir: Path, index_dir: Path, spec: IndexSpec) -> tuple[str, str]:
+    """("fresh" | "missing" | "mismatch" | "stale" | "corrupt", why) for the index in service."""
+    from qa.errors import IndexCorrupt, IndexMismatch, IndexNotReady
+    from qa.index import check_spec, current_generation_dir, read_manifest
+
+    gen_dir = current_generation_dir(index_dir)
+    if gen_dir is None:
+        return "missing", f"no index in {index_dir}"
+    try:
+        manifest = read_manifest(gen_dir)
+        check_spec(manifest, spec, gen_dir)
+    except IndexMismatch as exc:
+        return "mismatch", exc.message
+    except (IndexCorrupt, IndexNotReady) as exc:
+        return "corrupt", exc.message
+    loaded = load_corpus(corpus_dir)
+    now = {d.doc_id: d.sha256 for d in loaded.documents}
+    before = {k: v["sha256"] for k, v in manifest["documents"].items()}
+    if now != before:
+        added = len(set(now) - set(before))
+        removed = len(set(before) - set(now))
+        changed = sum(1 for k in set(now) & set(before) if now[k] != before[k])
+        return "stale", f"corpus changed: {added} added, {changed} changed, {removed} removed"
+    return "fresh", f"generation {manifest['generation']} matches the corpus"

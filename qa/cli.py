@@ -1,0 +1,281 @@
+"""The ``qa`` command line: build and inspect the index, ask questions, serve."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from qa.builder import BuildReport
+from qa.errors import QAError
+from qa.settings import Settings
+
+app = typer.Typer(
+    help="Question answering over your documents, with passages and exact citations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+index_app = typer.Typer(help="Build and inspect the index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    corpus_dir: Annotated[
+        Path | None, typer.Option(help="Documents folder [env QA_CORPUS_DIR]")
+    ] = None,
+    index_dir: Annotated[Path | None, typer.Option(help="Index folder [env QA_INDEX_DIR]")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Embedding model name or path [env QA_EMBEDDING_MODEL]")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+    )
+    overrides: dict[str, Any] = {}
+    if corpus_dir is not None:
+        overrides["corpus_dir"] = corpus_dir
+    if index_dir is not None:
+        overrides["index_dir"] = index_dir
+    if model is not None:
+        overrides["embedding_model"] = model
+    try:
+        ctx.obj = Settings(**overrides)
+    except ValidationError as exc:
+        err_console.print(f"[red]error:[/red] invalid setting: {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except QAError as exc:
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+
+
+class RateColumn(ProgressColumn):
+    """Texts embedded per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} texts/s" if speed else "", style="progress.data.speed")
+
+
+def run_build(settings: Settings, *, reuse: bool = True, quiet: bool = False) -> BuildReport:
+    from qa.builder import build_index
+    from qa.engine import embedder_from_settings, spec_from_settings
+
+    progress = Progress(
+        TextColumn("[bold]embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+    )
+
+    def start_task(total: int) -> Callable[[int], None]:
+        task = progress.add_task("embedding", total=total)
+        return lambda n: progress.advance(task, n)
+
+    with progress:
+        return build_index(
+            Path(settings.corpus_dir),
+            Path(settings.index_dir),
+            embedder_from_settings(settings),
+            spec_from_settings(settings),
+            keep_generations=settings.keep_generations,
+            progress=start_task,
+            reuse=reuse,
+        )
+
+
+def _print_report(report: BuildReport) -> None:
+    console.print(
+        f"[green]generation {report.generation}[/green]: {report.documents} documents, "
+        f"{report.chunks} chunks, {report.sentences} sentences in {report.seconds:.1f}s "
+        f"({report.chunks_per_second:,.0f} chunks/s); embedded {report.embedded}, "
+        f"reused {report.reused}"
+    )
+    console.print(
+        f"added {len(report.added)}, changed {len(report.changed)}, "
+        f"removed {len(report.removed)}, unchanged {report.unchanged}"
+    )
+    for skipped in report.skipped:
+        console.print(
+            f"[yellow]skipped[/yellow] {escape(skipped['path'])}: {escape(skipped['reason'])}"
+        )
+
+
+@index_app.command("build")
+def index_build(
+    ctx: typer.Context,
+    full: Annotated[
+        bool, typer.Option("--full", help="Embed everything again instead of reusing vectors")
+    ] = False,
+) -> None:
+    """Index the corpus into a new generation and put it in service."""
+    with _errors():
+        _print_report(run_build(_settings(ctx), reuse=not full))
+
+
+@index_app.command("status")
+def index_status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show the generation in service and whether it matches the corpus."""
+    from qa.builder import index_freshness
+    from qa.engine import spec_from_settings
+    from qa.index import current_generation_dir, read_manifest
+
+    settings = _settings(ctx)
+    with _errors():
+        state, why = index_freshness(
+            Path(settings.corpus_dir), Path(settings.index_dir), spec_from_settings(settings)
+        )
+        gen_dir = current_generation_dir(Path(settings.index_dir))
+        manifest = read_manifest(gen_dir) if gen_dir and state != "corrupt" else None
+    info: dict[str, Any] = {"state": state, "detail": why, "index_dir": str(settings.index_dir)}
+    if manifest:
+        info.update(
+            generation=manifest["generation"],
+            built_at=manifest["built_at"],
+            model=manifest["model"],
+            chunker=manifest["chunker"],
+            counts=manifest["counts"],
+            skipped=manifest["skipped"],
+        )
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    color = "green" if state == "fresh" else "yellow"
+    console.print(f"[{color}]{state}[/{color}]: {escape(why)}")
+    if manifest:
+        table = Table(show_header=False, box=None)
+        table.add_row("generation", str(manifest["generation"]))
+        table.add_row("built at", manifest["built_at"])
+        table.add_row("model", f"{manifest['model']['id']} ({manifest['model']['dimension']}d)")
+        table.add_row("chunker", json.dumps(manifest["chunker"]))
+        for key, value in manifest["counts"].items():
+            table.add_row(key, str(value))
+        console.print(table)
+    if state != "fresh":
+        raise typer.Exit(1)
+
+
+@app.command()
+def ask(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help="The question")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=50)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
+    doc_id: Annotated[list[str] | None, typer.Option(help="Only this document (repeat)")] = None,
+    path_prefix: Annotated[str | None, typer.Option(help="Only paths starting so")] = None,
+) -> None:
+    """Answer a question from the index, with cited passages."""
+    from qa.engine import Engine, filters_from
+
+    with _errors():
+        engine = Engine(_settings(ctx))
+        engine.load()
+        result = engine.ask(question, top_k, filters_from(doc_id, path_prefix))
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    if result.answer is None:
+        console.print(f"[yellow]{escape(result.message or '')}[/yellow]")
+    else:
+        console.print(f"[bold]Answer:[/bold] {escape(result.answer.text)}\n")
+    for p in result.passages:
+        c = p.citation
+        where = f"{c.path}:{c.line_start}-{c.line_end}"
+        if c.page:
+            where += f" (page {c.page})"
+        console.print(
+            f"[bold cyan][{p.rank}][/bold cyan] {escape(c.title)} — {escape(where)} "
+            f"chars {c.start}-{c.end}  score {p.score:.3f}"
+        )
+        rel_s, rel_e = p.highlight.start - c.start, p.highlight.end - c.start
+        text = (
+            escape(p.text[:rel_s])
+            + "[reverse]"
+            + escape(p.text[rel_s:rel_e])
+            + "[/reverse]"
+            + escape(p.text[rel_e:])
+        )
+        console.print(text, highlight=False)
+        console.print()
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address [env QA_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env QA_PORT]")] = None,
+    build: Annotated[
+        bool, typer.Option(help="Build the index first when it is missing or stale")
+    ] = True,
+) -> None:
+    """Serve the HTTP API (and build the index first when it is missing or stale)."""
+    import uvicorn
+
+    from qa.builder import index_freshness
+    from qa.engine import spec_from_settings
+    from qa.http import create_app
+
+    settings = _settings(ctx)
+    with _errors():
+        if build:
+            state, why = index_freshness(
+                Path(settings.corpus_dir), Path(settings.index_dir), spec_from_settings(settings)
+            )
+            if state != "fresh":
+                err_console.print(f"index {state}: {escape(why)}; building")
+                _print_report(run_build(settings, reuse=state in ("stale",)))
+    bind_host = host or settings.host
+    bind_port = port or settings.port
+    err_console.print(f"serving on http://{bind_host}:{bind_port} (OpenAPI at /docs)")
+    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info")
+
+
+def entrypoint() -> None:  # pragma: no cover
+    sys.exit(app())

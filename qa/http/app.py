@@ -1,0 +1,137 @@
+"""The FastAPI application: routes parse, call the Engine, and shape the response."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from pydantic import BaseModel, Field, field_validator
+
+from qa.engine import Engine, filters_from
+from qa.errors import QAError
+from qa.http.errors import error_response, install_error_handlers
+from qa.schema import AskResponse, DocumentSummary, DocumentText
+from qa.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AskFilters(BaseModel):
+    doc_id: list[str] | None = Field(None, description="Only these documents")
+    path_prefix: str | None = Field(None, description="Only documents whose path starts so")
+
+
+class AskRequest(BaseModel):
+    question: str = Field(..., description="The question, 1 to 2,000 characters")
+    top_k: int = Field(5, ge=1, le=50, description="How many passages to return (1-50)")
+    filters: AskFilters | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or blank")
+        return value
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def _load_in_background(app: FastAPI, engine: Engine) -> None:
+    def run() -> None:
+        try:
+            engine.warm_up()
+            engine.load()
+        except QAError as exc:
+            app.state.load_error = exc.message
+            log.error("index not loaded: %s", exc.message)
+        except Exception as exc:  # keep the process up; /readyz says why
+            app.state.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("index not loaded")
+
+    thread = threading.Thread(target=run, name="qa-index-loader", daemon=True)
+    thread.start()
+    app.state.loader = thread
+
+
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, *, load: bool = True
+) -> FastAPI:
+    """Build the app. The index loads in the background; /readyz is 503 until it is in."""
+    settings = settings or Settings()
+    engine = engine or Engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if load and not engine.ready:
+            _load_in_background(app, engine)
+        yield
+
+    app = FastAPI(
+        title="qa",
+        version="0.1.0",
+        summary="Answers questions from your documents with passages and exact citations.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.settings = settings
+    app.state.load_error = None
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], response_model=None)
+    def readyz(request: Request) -> Any:
+        if engine.ready:
+            return {"status": "ready", "generation": engine.data.generation}
+        reason = request.app.state.load_error or "the index is loading"
+        return error_response(503, "index_not_ready", reason)
+
+    @app.post("/v1/ask", response_model=AskResponse, tags=["ask"])
+    def ask_post(body: AskRequest, engine: EngineDep) -> AskResponse:
+        f = body.filters
+        filters = filters_from(f.doc_id, f.path_prefix) if f else None
+        return engine.ask(body.question, body.top_k, filters)
+
+    @app.get("/v1/ask", response_model=AskResponse, tags=["ask"])
+    def ask_get(
+        engine: EngineDep,
+        question: Annotated[str, Query(description="The question")],
+        top_k: Annotated[int, Query(ge=1, le=50)] = 5,
+        doc_id: Annotated[list[str] | None, Query(description="Only these documents")] = None,
+        path_prefix: Annotated[str | None, Query()] = None,
+    ) -> AskResponse:
+        return engine.ask(question, top_k, filters_from(doc_id, path_prefix))
+
+    @app.get("/v1/documents", response_model=list[DocumentSummary], tags=["documents"])
+    def documents(engine: EngineDep) -> list[DocumentSummary]:
+        return engine.documents()
+
+    @app.get("/v1/documents/{doc_id:path}", response_model=DocumentText, tags=["documents"])
+    def document(doc_id: str, engine: EngineDep) -> DocumentText:
+        return engine.document(doc_id)
+
+    @app.get("/v1/index", tags=["index"])
+    def index_status(engine: EngineDep) -> dict[str, Any]:
+        manifest = engine.data.manifest
+        return {
+            "generation": manifest["generation"],
+            "built_at": manifest["built_at"],
+            "model": manifest["model"],
+            "chunker": manifest["chunker"],
+            "counts": manifest["counts"],
+            "skipped": manifest["skipped"],
+        }
+
+    return app

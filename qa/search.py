@@ -1,0 +1,203 @@
+"""Search: dense (FAISS) and BM25 candidates fused into one ranking, near-duplicates removed.
+
+Fusion is a convex combination of normalised scores. Each retriever's scores are divided
+by its best score for the query, so both lie in [0, 1] with the top hit at 1; the dense
+side keeps its cosine scale below that (a weak dense match stays weak). The weight of BM25
+adapts to how confident the dense model is on the query: when the best cosine is low (a
+language or vocabulary the model does not know) BM25 takes over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qa.index import IndexData
+from qa.lexical import tokenize
+
+
+@dataclass(frozen=True)
+class Filters:
+    doc_ids: frozenset[str] | None = None
+    path_prefix: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.doc_ids is not None or bool(self.path_prefix)
+
+    def allows(self, doc_id: str, path: str) -> bool:
+        if self.doc_ids is not None and doc_id not in self.doc_ids:
+            return False
+        return not (self.path_prefix and not path.startswith(self.path_prefix))
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    mode: str = "hybrid"  # hybrid | dense | bm25
+    lexical_weight: float = 0.2  # BM25 share when the dense model is confident
+    confident_cosine: float = 0.45  # best cosine at/above which dense is trusted fully
+    unsure_cosine: float = 0.15  # best cosine at/below which BM25 leads
+    dedupe_overlap: float = 0.5  # drop a hit sharing this share of a better hit's span
+
+
+@dataclass
+class Hit:
+    row: int
+    score: float
+    dense: float
+    lexical: float
+    highlight: tuple[int, int]
+    highlight_dense: float
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    if k >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, k)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def lexical_weight(best_cosine: float, config: FusionConfig) -> float:
+    """BM25's share: ``lexical_weight`` when dense is confident, rising to 0.8 when not."""
+    lo, hi = config.unsure_cosine, config.confident_cosine
+    if best_cosine >= hi:
+        return config.lexical_weight
+    if best_cosine <= lo:
+        return 0.8
+    t = (best_cosine - lo) / (hi - lo)
+    return 0.8 + t * (config.lexical_weight - 0.8)
+
+
+class Searcher:
+    """Ranks the chunks of one loaded index generation for a query vector and text."""
+
+    def __init__(
+        self, data: IndexData, candidates: int = 100, fusion: FusionConfig | None = None
+    ) -> None:
+        self.data = data
+        self.candidates = candidates
+        self.fusion = fusion or FusionConfig()
+        self._paths = [data.documents[c.doc_id].path for c in data.chunks]
+
+    def _allowed_rows(self, filters: Filters) -> np.ndarray:
+        return np.array(
+            [i for i, c in enumerate(self.data.chunks) if filters.allows(c.doc_id, self._paths[i])],
+            dtype=np.int64,
+        )
+
+    def search(
+        self, query: str, vector: np.ndarray, top_k: int, filters: Filters | None = None
+    ) -> list[Hit]:
+        data, cfg = self.data, self.fusion
+        n = len(data.chunks)
+        if n == 0:
+            return []
+        c = min(self.candidates, n)
+        lexical = data.bm25.scores(query) if cfg.mode != "dense" else np.zeros(n, np.float32)
+        if filters is not None and filters.active:
+            allowed = self._allowed_rows(filters)
+            if len(allowed) == 0:
+                return []
+            mask = np.zeros(n, dtype=bool)
+            mask[allowed] = True
+            lexical = np.where(mask, lexical, 0.0).astype(np.float32)
+            dense_all = data.chunk_vectors[allowed] @ vector
+            dense_rows = allowed[_top(dense_all, c)]
+        else:
+            mask = None
+            dense_rows, _ = data.store.search(vector, c)
+        lex_rows = _top(lexical, c)
+        lex_rows = lex_rows[lexical[lex_rows] > 0]
+        if mask is not None:
+            lex_rows = lex_rows[mask[lex_rows]]
+        if cfg.mode == "dense":
+            rows = dense_rows
+        elif cfg.mode == "bm25":
+            rows = lex_rows if len(lex_rows) else dense_rows[:0]
+        else:
+            rows = np.unique(np.concatenate([dense_rows, lex_rows]))
+        if len(rows) == 0:
+            return []
+        dense = data.chunk_vectors[rows] @ vector
+        lex = lexical[rows]
+        best_dense = float(dense.max())
+        lex_max = float(lex.max()) if len(lex) else 0.0
+        lex_norm = lex / lex_max if lex_max > 0 else np.zeros_like(lex)
+        if cfg.mode == "dense":
+            fused = dense
+        elif cfg.mode == "bm25":
+            fused = lex_norm
+        else:
+            w = lexical_weight(best_dense, cfg) if lex_max > 0 else 0.0
+            spread = best_dense - float(dense.min())
+            dense_norm = (dense - dense.min()) / spread if spread > 0 else np.ones_like(dense)
+            fused = (1 - w) * dense_norm + w * lex_norm
+        order = np.argsort(-fused, kind="stable")
+        hits: list[Hit] = []
+        chosen: list[tuple[str, int, int]] = []
+        for j in order:
+            row = int(rows[j])
+            chunk = data.chunks[row]
+            if self._overlaps(chunk.doc_id, chunk.start, chunk.end, chosen):
+                continue
+            chosen.append((chunk.doc_id, chunk.start, chunk.end))
+            hits.append(Hit(row, float(fused[j]), float(dense[j]), float(lex[j]), (0, 0), 0.0))
+            if len(hits) >= top_k:
+                break
+        self._highlight(query, vector, hits)
+        return hits
+
+    def _overlaps(
+        self, doc_id: str, start: int, end: int, chosen: Sequence[tuple[str, int, int]]
+    ) -> bool:
+        for d, s, e in chosen:
+            if d != doc_id:
+                continue
+            shared = min(e, end) - max(s, start)
+            if shared > 0 and shared >= self.fusion.dedupe_overlap * min(e - s, end - start):
+                return True
+        return False
+
+    def _highlight(self, query: str, vector: np.ndarray, hits: list[Hit]) -> None:
+        """Pick in each hit the sentence that best answers: cosine plus shared query terms."""
+        data = self.data
+        if not hits:
+            return
+        spans: list[tuple[int, int, int]] = []  # hit index, sentence row
+        for h, hit in enumerate(hits):
+            lo, hi = data.chunk_sentence_ranges[hit.row]
+            spans.extend((h, r, 0) for r in range(int(lo), int(hi)))
+        if not spans:
+            for hit in hits:
+                chunk = data.chunks[hit.row]
+                hit.highlight, hit.highlight_dense = (chunk.start, chunk.end), hit.dense
+            return
+        rows = np.array([r for _, r, _ in spans], dtype=np.int64)
+        cos = data.sentence_vectors[rows] @ vector
+        texts = [
+            data.documents[data.chunks[int(data.sentences[r, 0])].doc_id].text[
+                int(data.sentences[r, 1]) : int(data.sentences[r, 2])
+            ]
+            for r in rows
+        ]
+        q_terms = set(tokenize([query])[0])
+        overlap = np.zeros(len(rows), dtype=np.float32)
+        if q_terms:
+            for i, terms in enumerate(tokenize(texts)):
+                overlap[i] = len(q_terms.intersection(terms)) / len(q_terms)
+        score = cos + 0.2 * overlap
+        best: dict[int, int] = {}
+        for i, (h, _, _) in enumerate(spans):
+            if h not in best or score[i] > score[best[h]]:
+                best[h] = i
+        for h, hit in enumerate(hits):
+            if h in best:
+                i = best[h]
+                r = rows[i]
+                hit.highlight = (int(data.sentences[r, 1]), int(data.sentences[r, 2]))
+                hit.highlight_dense = float(cos[i])
+            else:
+                chunk = data.chunks[hit.row]
+                hit.highlight, hit.highlight_dense = (chunk.start, chunk.end), hit.dense

