@@ -29,7 +29,7 @@ from qa.index import (
     load_current,
     write_generation,
 )
-from qa.loaders import load_corpus
+from qa.loaders import LoadReport, load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,11 @@ def build_index(
     keep_generations: int = 2,
     progress: ProgressFactory | None = None,
     reuse: bool = True,
+    loaded: LoadReport | None = None,
 ) -> BuildReport:
-    """Index ``corpus_dir`` into a new generation of ``index_dir`` and put it in service."""
-    if not corpus_dir.is_dir():
+    """Index ``corpus_dir`` (or the documents already ``loaded``) into a new generation of
+    ``index_dir`` and put it in service."""
+    if loaded is None and not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
     began = time.perf_counter()
     with index_lock(index_dir):
@@ -117,7 +119,7 @@ def build_index(
                 previous = load_current(index_dir, spec)
             except QAError as exc:
                 log.info("not reusing the previous index: %s", exc.message)
-        loaded = load_corpus(corpus_dir)
+        loaded = loaded or load_corpus(corpus_dir)
         documents = loaded.documents
         skipped = [{"path": s.path, "reason": s.reason} for s in loaded.skipped]
 

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from qa.builder import BuildReport
+from qa.builder import BuildReport, ProgressFactory
 from qa.errors import QAError
 from qa.settings import Settings
 
@@ -97,10 +97,8 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} texts/s" if speed else "", style="progress.data.speed")
 
 
-def run_build(settings: Settings, *, reuse: bool = True, quiet: bool = False) -> BuildReport:
-    from qa.builder import build_index
-    from qa.engine import embedder_from_settings, spec_from_settings
-
+def _embedding_progress(quiet: bool = False) -> tuple[Progress, ProgressFactory]:
+    """A progress bar with counts and rate, and the factory build_index expects."""
     progress = Progress(
         TextColumn("[bold]embedding"),
         BarColumn(),
@@ -116,6 +114,14 @@ def run_build(settings: Settings, *, reuse: bool = True, quiet: bool = False) ->
         task = progress.add_task("embedding", total=total)
         return lambda n: progress.advance(task, n)
 
+    return progress, start_task
+
+
+def run_build(settings: Settings, *, reuse: bool = True, quiet: bool = False) -> BuildReport:
+    from qa.builder import build_index
+    from qa.engine import embedder_from_settings, spec_from_settings
+
+    progress, start_task = _embedding_progress(quiet)
     with progress:
         return build_index(
             Path(settings.corpus_dir),
@@ -244,6 +250,54 @@ def ask(
         )
         console.print(text, highlight=False)
         console.print()
+
+
+@app.command("eval")
+def eval_(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    ],
+    mode: Annotated[str, typer.Option(help="dense, bm25 or hybrid")] = "hybrid",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Measure retrieval on a BEIR data set: nDCG@10, Recall@100, MRR@10, latency."""
+    from qa.engine import embedder_from_settings, spec_from_settings
+    from qa.evaluation import evaluate, load_dataset
+
+    if mode not in ("dense", "bm25", "hybrid"):
+        err_console.print(f"[red]error:[/red] --mode must be dense, bm25 or hybrid, got {mode!r}")
+        raise typer.Exit(2)
+    settings = _settings(ctx)
+    with _errors():
+        data = load_dataset(dataset)
+        embedder = embedder_from_settings(settings)
+        progress, start_task = _embedding_progress(quiet=as_json)
+        with progress:
+            result = evaluate(
+                data,
+                Path(settings.cache_dir),
+                embedder,
+                spec_from_settings(settings),
+                mode=mode,
+                candidates=settings.candidates,
+                progress=start_task,
+            )
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{dataset} ({result['docs']} docs, {result['queries']} queries)")
+    for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "p50 ms", "p95 ms"):
+        table.add_column(col)
+    table.add_row(
+        mode,
+        f"{result['ndcg@10']:.3f}",
+        f"{result['recall@100']:.3f}",
+        f"{result['mrr@10']:.3f}",
+        f"{result['latency_ms']['p50']:.1f}",
+        f"{result['latency_ms']['p95']:.1f}",
+    )
+    console.print(table)
 
 
 @app.command()

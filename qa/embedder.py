@@ -131,25 +131,32 @@ class SentenceTransformerEmbedder:
         return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
+        """Normalised vectors, in the order of ``texts``.
+
+        Texts are embedded longest first in blocks, so each batch pads to similar lengths
+        (several times faster on corpora of mixed lengths than the given order).
+        """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         import torch
 
-        out: list[np.ndarray] = []
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        block = self.batch_size * 8
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                batch = list(texts[i : i + self.batch_size])
+            for i in range(0, len(order), block):
+                rows = order[i : i + block]
                 vectors = self.model.encode(
-                    batch,
+                    [texts[r] for r in rows],
                     batch_size=self.batch_size,
                     normalize_embeddings=True,
                     convert_to_numpy=True,
                     show_progress_bar=False,
                 )
-                out.append(np.asarray(vectors, dtype=np.float32))
+                out[rows] = np.asarray(vectors, dtype=np.float32)
                 if progress is not None:
-                    progress(len(batch))
-        return np.vstack(out)
+                    progress(len(rows))
+        return out
 
 
 @lru_cache(maxsize=4)

@@ -40,6 +40,7 @@ class FusionConfig:
     confident_cosine: float = 0.45  # best cosine at/above which dense is trusted fully
     unsure_cosine: float = 0.15  # best cosine at/below which BM25 leads
     dedupe_overlap: float = 0.5  # drop a hit sharing this share of a better hit's span
+    sentence_weight: float = 0.5  # share of the best sentence's cosine in a chunk's dense score
 
 
 @dataclass
@@ -88,7 +89,14 @@ class Searcher:
         )
 
     def search(
-        self, query: str, vector: np.ndarray, top_k: int, filters: Filters | None = None
+        self,
+        query: str,
+        vector: np.ndarray,
+        top_k: int,
+        filters: Filters | None = None,
+        *,
+        highlight: bool = True,
+        dedupe: bool = True,
     ) -> list[Hit]:
         data, cfg = self.data, self.fusion
         n = len(data.chunks)
@@ -120,7 +128,7 @@ class Searcher:
             rows = np.unique(np.concatenate([dense_rows, lex_rows]))
         if len(rows) == 0:
             return []
-        dense = data.chunk_vectors[rows] @ vector
+        dense = self._dense_scores(rows, vector)
         lex = lexical[rows]
         best_dense = float(dense.max())
         lex_max = float(lex.max()) if len(lex) else 0.0
@@ -140,14 +148,34 @@ class Searcher:
         for j in order:
             row = int(rows[j])
             chunk = data.chunks[row]
-            if self._overlaps(chunk.doc_id, chunk.start, chunk.end, chosen):
+            if dedupe and self._overlaps(chunk.doc_id, chunk.start, chunk.end, chosen):
                 continue
             chosen.append((chunk.doc_id, chunk.start, chunk.end))
             hits.append(Hit(row, float(fused[j]), float(dense[j]), float(lex[j]), (0, 0), 0.0))
             if len(hits) >= top_k:
                 break
-        self._highlight(query, vector, hits)
+        if highlight:
+            self._highlight(query, vector, hits)
         return hits
+
+    def _dense_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """Cosine of each chunk, blended with the cosine of its best-matching sentence."""
+        data = self.data
+        chunk_cos = data.chunk_vectors[rows] @ vector
+        weight = self.fusion.sentence_weight
+        if weight <= 0 or len(data.sentences) == 0:
+            return chunk_cos
+        ranges = data.chunk_sentence_ranges[rows]
+        sizes = ranges[:, 1] - ranges[:, 0]
+        has = sizes > 0
+        if not has.any():
+            return chunk_cos
+        sent_rows = np.concatenate([np.arange(lo, hi) for lo, hi in ranges[has]])
+        sent_cos = data.sentence_vectors[sent_rows] @ vector
+        offsets = np.concatenate([[0], np.cumsum(sizes[has])[:-1]])
+        best = chunk_cos.copy()
+        best[has] = np.maximum.reduceat(sent_cos, offsets)
+        return (1 - weight) * chunk_cos + weight * np.maximum(best, chunk_cos)
 
     def _overlaps(
         self, doc_id: str, start: int, end: int, chosen: Sequence[tuple[str, int, int]]

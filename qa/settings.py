@@ -18,6 +18,7 @@ class Settings(BaseSettings):
 
     corpus_dir: Path = Field(Path("corpus"), description="Folder of documents to index.")
     index_dir: Path = Field(Path("index"), description="Folder holding the built index.")
+    cache_dir: Path = Field(Path(".qa-cache"), description="Cache for indexes built by `qa eval`.")
     embedding_model: str = Field(
         DEFAULT_MODEL,
         description="sentence-transformers model name or local path. The default is the "
