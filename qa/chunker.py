@@ -219,8 +219,9 @@ class Chunker:
         out: list[tuple[Unit, str]] = []
         for (s, e, p, heading, path), n in zip(spans, counts, strict=True):
             if n > self.max_tokens:
+                # an over-long "heading" is body text cut at words
                 for ps, pe, pn in _split_long(text, s, e, n, self.max_tokens, self.count_tokens):
-                    out.append((Unit(ps, pe, pn, p, heading), path))
+                    out.append((Unit(ps, pe, pn, p, False), path))
             else:
                 out.append((Unit(s, e, n, p, heading), path))
         return out
@@ -233,7 +234,7 @@ class Chunker:
         used = 0
 
         def emit() -> None:
-            if cur and not all(u.is_heading for u, _ in cur):
+            if cur:
                 groups.append(list(cur))
 
         for unit, path in units:
@@ -247,11 +248,7 @@ class Chunker:
                 cur, used = tail, sum(u.tokens for u, _ in tail)
             cur.append((unit, path))
             used += unit.tokens
-        if cur:
-            if all(u.is_heading for u, _ in cur):
-                groups.append(list(cur))  # a document of headings only
-            else:
-                emit()
+        emit()
 
         chunks: list[Chunk] = []
         sentences: list[list[tuple[int, int]]] = []

@@ -168,8 +168,8 @@ def _load_html(path: Path, rel: str) -> Document:
             if name == "li":
                 parts.append("- ")
             walk(child)
-            if block:
-                parts.append("\n\n" if name not in {"br", "li", "tr", "dt", "dd"} else "\n")
+            if block and name not in {"br", "li", "tr", "dt", "dd"}:
+                parts.append("\n\n")
 
     walk(root)
     text = "".join(parts)
