@@ -27,7 +27,24 @@ def _norm(text: str) -> str:
     return " ".join(text.replace("’", "'").replace("“", '"').replace("”", '"').split()).lower()
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def _value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def evidence_rank(passages: list[Any], evidence: str) -> int | None:
+    """Rank of the first passage (API dicts or Passage models) containing ``evidence``."""
+    wanted = _norm(evidence)
+    for p in passages:
+        text = p["text"] if isinstance(p, dict) else p.text
+        if wanted in _norm(text):
+            return int(p["rank"] if isinstance(p, dict) else p.rank)
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
@@ -95,8 +112,8 @@ def main() -> None:
         overrides["chunk_tokens"] = args.chunk_tokens
     if args.overlap is not None:
         overrides["chunk_overlap_tokens"] = args.overlap
-    questions = _read(args.questions / "questions.jsonl")
-    offtopic = _read(args.questions / "offtopic.jsonl")
+    questions = read_jsonl(args.questions / "questions.jsonl")
+    offtopic = read_jsonl(args.questions / "offtopic.jsonl")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(index_dir=Path(tmp), **overrides)
@@ -104,7 +121,7 @@ def main() -> None:
         build_index(args.corpus, Path(tmp), engine.embedder, spec_from_settings(settings))
         engine.load()
         for mode in args.modes.split(","):
-            extra = {k: float(v) for k, v in (kv.split("=") for kv in args.set)}
+            extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
             engine.fusion = FusionConfig(mode=mode, **extra)  # type: ignore[arg-type]
             engine.load()
             results[mode] = evaluate(engine, questions, offtopic)

@@ -40,6 +40,7 @@ class FusionConfig:
     confident_cosine: float = 0.45  # best cosine at/above which dense is trusted fully
     unsure_cosine: float = 0.15  # best cosine at/below which BM25 leads
     dedupe_overlap: float = 0.5  # drop a hit sharing this share of a better hit's span
+    gap_gain: float = 0.0  # shift weight toward the retriever whose top hit stands out more
     sentence_weight: float = 0.5  # share of the best sentence's cosine in a chunk's dense score
 
 
@@ -58,6 +59,12 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-scores, kind="stable")
     part = np.argpartition(-scores, k)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _gap(normalised: np.ndarray) -> float:
+    """How far the best score stands above the runner-up, on a [0, 1] scale."""
+    top2 = np.sort(normalised)[-2:]
+    return float(top2[1] - top2[0])
 
 
 def lexical_weight(best_cosine: float, config: FusionConfig) -> float:
@@ -141,6 +148,10 @@ class Searcher:
             w = lexical_weight(best_dense, cfg) if lex_max > 0 else 0.0
             spread = best_dense - float(dense.min())
             dense_norm = (dense - dense.min()) / spread if spread > 0 else np.ones_like(dense)
+            if cfg.gap_gain and w > 0 and len(rows) > 1:
+                w = float(
+                    np.clip(w + cfg.gap_gain * (_gap(lex_norm) - _gap(dense_norm)), 0.05, 0.8)
+                )
             fused = (1 - w) * dense_norm + w * lex_norm
         order = np.argsort(-fused, kind="stable")
         hits: list[Hit] = []
@@ -161,7 +172,7 @@ class Searcher:
     def _dense_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Cosine of each chunk, blended with the cosine of its best-matching sentence."""
         data = self.data
-        chunk_cos = data.chunk_vectors[rows] @ vector
+        chunk_cos: np.ndarray = data.chunk_vectors[rows] @ vector
         weight = self.fusion.sentence_weight
         if weight <= 0 or len(data.sentences) == 0:
             return chunk_cos
@@ -170,12 +181,14 @@ class Searcher:
         has = sizes > 0
         if not has.any():
             return chunk_cos
-        sent_rows = np.concatenate([np.arange(lo, hi) for lo, hi in ranges[has]])
+        sizes, starts = sizes[has], ranges[has, 0]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        sent_rows = np.arange(int(sizes.sum())) + np.repeat(starts - offsets, sizes)
         sent_cos = data.sentence_vectors[sent_rows] @ vector
-        offsets = np.concatenate([[0], np.cumsum(sizes[has])[:-1]])
         best = chunk_cos.copy()
         best[has] = np.maximum.reduceat(sent_cos, offsets)
-        return (1 - weight) * chunk_cos + weight * np.maximum(best, chunk_cos)
+        blended: np.ndarray = (1 - weight) * chunk_cos + weight * best
+        return blended
 
     def _overlaps(
         self, doc_id: str, start: int, end: int, chosen: Sequence[tuple[str, int, int]]

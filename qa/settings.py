@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(32, ge=1, le=1024)
 
     chunk_tokens: int = Field(
-        128, ge=16, description="Target chunk size in model word pieces (capped by the model)."
+        192, ge=16, description="Target chunk size in model word pieces (capped by the model)."
     )
     chunk_overlap_tokens: int = Field(
         32, ge=0, description="Overlap between consecutive chunks, in word pieces."

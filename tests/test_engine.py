@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -91,7 +93,7 @@ def test_modes_rank_with_their_own_signal(engine: Engine) -> None:
             "sourdough starter flour", vector, 3
         )
         assert data.chunks[hits[0].row].doc_id == "notes/baking.md", mode
-        assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+        assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
 def test_bm25_takes_over_when_dense_is_unsure() -> None:

@@ -36,7 +36,7 @@ def test_manifest_names_model_settings_documents_and_checksums(
     manifest = read_manifest(report.path)
     assert manifest["format_version"] == 1
     assert manifest["model"] == {"id": "fake-embedder", "dimension": 64}
-    assert manifest["chunker"] == {"chunk_tokens": 128, "overlap_tokens": 32}
+    assert manifest["chunker"] == {"chunk_tokens": 192, "overlap_tokens": 32}
     assert set(manifest["documents"]) == {"nato-indo-pacific.txt", "notes/baking.md"}
     assert all(len(d["sha256"]) == 64 for d in manifest["documents"].values())
     assert manifest["counts"]["chunks"] == report.chunks > 0
