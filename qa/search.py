@@ -40,7 +40,7 @@ class FusionConfig:
     confident_cosine: float = 0.45  # best cosine at/above which dense is trusted fully
     unsure_cosine: float = 0.15  # best cosine at/below which BM25 leads
     dedupe_overlap: float = 0.5  # drop a hit sharing this share of a better hit's span
-    gap_gain: float = 0.0  # shift weight toward the retriever whose top hit stands out more
+    gap_gain: float = 0.5  # shift weight toward the retriever whose top hit stands out more
     sentence_weight: float = 0.5  # share of the best sentence's cosine in a chunk's dense score
 
 
