@@ -25,6 +25,7 @@ from qa.index import (
     BuildPayload,
     IndexData,
     IndexSpec,
+    checkpoint,
     index_lock,
     load_current,
     write_generation,
@@ -50,7 +51,9 @@ class BuildReport:
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
     unchanged: int = 0
+    up_to_date: bool = False
 
     @property
     def chunks_per_second(self) -> float:
@@ -96,6 +99,73 @@ def embed_with_cache(
     return np.vstack([cache[k] for k in keys]).astype(np.float32), len(todo)
 
 
+@dataclass
+class DocumentDiff:
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    renamed: list[tuple[str, str]]  # (old doc_id, new doc_id), same content
+    unchanged: list[str]
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.changed or self.removed or self.renamed)
+
+
+def diff_documents(before: dict[str, str], now: dict[str, str]) -> DocumentDiff:
+    """Compare doc_id → sha256 maps; a removed and an added document with the same
+    content are a rename."""
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    by_hash: dict[str, list[str]] = {}
+    for doc_id in removed:
+        by_hash.setdefault(before[doc_id], []).append(doc_id)
+    renamed: list[tuple[str, str]] = []
+    for doc_id in list(added):
+        olds = by_hash.get(now[doc_id])
+        if olds:
+            old = olds.pop(0)
+            renamed.append((old, doc_id))
+            added.remove(doc_id)
+            removed.remove(old)
+    common = set(now) & set(before)
+    changed = sorted(d for d in common if before[d] != now[d])
+    unchanged = sorted(d for d in common if before[d] == now[d])
+    return DocumentDiff(added, changed, removed, renamed, unchanged)
+
+
+def _chunk_documents(
+    documents: list[Document],
+    chunker: Chunker,
+    previous: IndexData | None,
+    unchanged: set[str],
+) -> tuple[list[Chunk], list[tuple[int, int, int]]]:
+    """Chunks and sentence rows of all documents; unchanged ones are copied, not re-cut."""
+    old_rows: dict[str, list[int]] = {}
+    if previous is not None:
+        for row, chunk in enumerate(previous.chunks):
+            if chunk.doc_id in unchanged:
+                old_rows.setdefault(chunk.doc_id, []).append(row)
+    chunks: list[Chunk] = []
+    sentence_rows: list[tuple[int, int, int]] = []
+    for doc in documents:
+        if previous is not None and doc.doc_id in old_rows:
+            for old in old_rows[doc.doc_id]:
+                row = len(chunks)
+                chunks.append(previous.chunks[old])
+                lo, hi = previous.chunk_sentence_ranges[old]
+                sentence_rows.extend(
+                    (row, int(s), int(e)) for _, s, e in previous.sentences[int(lo) : int(hi)]
+                )
+            continue
+        chunked = chunker.chunk(doc)
+        for chunk, sents in zip(chunked.chunks, chunked.sentences, strict=True):
+            row = len(chunks)
+            chunks.append(chunk)
+            sentence_rows.extend((row, s, e) for s, e in sents)
+    return chunks, sentence_rows
+
+
 def build_index(
     corpus_dir: Path,
     index_dir: Path,
@@ -106,13 +176,20 @@ def build_index(
     progress: ProgressFactory | None = None,
     reuse: bool = True,
     loaded: LoadReport | None = None,
+    skip_if_unchanged: bool = False,
+    wait: bool = False,
 ) -> BuildReport:
     """Index ``corpus_dir`` (or the documents already ``loaded``) into a new generation of
-    ``index_dir`` and put it in service."""
+    ``index_dir`` and put it in service.
+
+    With ``reuse`` the generation in service supplies the chunks of unchanged documents and
+    the vectors of unchanged texts; with ``skip_if_unchanged`` nothing is written when the
+    corpus matches it. A second build at the same time is refused (or waits, with ``wait``).
+    """
     if loaded is None and not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
     began = time.perf_counter()
-    with index_lock(index_dir):
+    with index_lock(index_dir, wait=wait):
         previous: IndexData | None = None
         if reuse:
             try:
@@ -120,23 +197,40 @@ def build_index(
             except QAError as exc:
                 log.info("not reusing the previous index: %s", exc.message)
         loaded = loaded or load_corpus(corpus_dir)
+        checkpoint("loaded")
         documents = loaded.documents
         skipped = [{"path": s.path, "reason": s.reason} for s in loaded.skipped]
+        before = (
+            {d: m["sha256"] for d, m in previous.manifest["documents"].items()} if previous else {}
+        )
+        diff = diff_documents(before, {d.doc_id: d.sha256 for d in documents})
+        if (
+            skip_if_unchanged
+            and previous is not None
+            and not diff.any
+            and skipped == previous.manifest["skipped"]
+        ):
+            counts = previous.manifest["counts"]
+            return BuildReport(
+                generation=previous.generation,
+                path=previous.path,
+                documents=counts["documents"],
+                chunks=counts["chunks"],
+                sentences=counts["sentences"],
+                embedded=0,
+                reused=0,
+                skipped=skipped,
+                seconds=time.perf_counter() - began,
+                unchanged=len(diff.unchanged),
+                up_to_date=True,
+            )
 
         max_tokens = min(spec.chunk_tokens, embedder.max_tokens)
         overlap = min(spec.chunk_overlap_tokens, max_tokens - 1)
         chunker = Chunker(embedder.count_tokens, max_tokens, overlap)
-        chunks: list[Chunk] = []
-        sentence_rows: list[tuple[int, int, int]] = []
-        by_id: dict[str, Document] = {}
-        for doc in documents:
-            chunked = chunker.chunk(doc)
-            by_id[doc.doc_id] = doc
-            for chunk, sents in zip(chunked.chunks, chunked.sentences, strict=True):
-                row = len(chunks)
-                chunks.append(chunk)
-                sentence_rows.extend((row, s, e) for s, e in sents)
-
+        chunks, sentence_rows = _chunk_documents(documents, chunker, previous, set(diff.unchanged))
+        checkpoint("chunked")
+        by_id = {d.doc_id: d for d in documents}
         sentence_texts = [by_id[chunks[r].doc_id].text[s:e] for r, s, e in sentence_rows]
         chunk_texts = [c.embed_text for c in chunks]
         cache = _reusable_vectors(previous)
@@ -146,13 +240,7 @@ def build_index(
             advance = progress(len(need))
         chunk_vectors, n1 = embed_with_cache(chunk_texts, embedder, cache, advance)
         sentence_vectors, n2 = embed_with_cache(sentence_texts, embedder, cache, advance)
-
-        before = previous.manifest["documents"] if previous else {}
-        now = {d.doc_id: d.sha256 for d in documents}
-        added = sorted(set(now) - set(before))
-        removed = sorted(set(before) - set(now))
-        changed = sorted(d for d in set(now) & set(before) if before[d]["sha256"] != now[d])
-        unchanged = len(set(now) & set(before)) - len(changed)
+        checkpoint("embedded")
 
         embedded = n1 + n2
         total_vectors = len(chunk_texts) + len(sentence_texts)
@@ -185,10 +273,11 @@ def build_index(
         reused=total_vectors - embedded,
         skipped=skipped,
         seconds=time.perf_counter() - began,
-        added=added,
-        changed=changed,
-        removed=removed,
-        unchanged=unchanged,
+        added=diff.added,
+        changed=diff.changed,
+        removed=diff.removed,
+        renamed=diff.renamed,
+        unchanged=len(diff.unchanged),
     )
 
 

@@ -117,7 +117,14 @@ def _embedding_progress(quiet: bool = False) -> tuple[Progress, ProgressFactory]
     return progress, start_task
 
 
-def run_build(settings: Settings, *, reuse: bool = True, quiet: bool = False) -> BuildReport:
+def run_build(
+    settings: Settings,
+    *,
+    reuse: bool = True,
+    quiet: bool = False,
+    skip_if_unchanged: bool = False,
+    wait: bool = False,
+) -> BuildReport:
     from qa.builder import build_index
     from qa.engine import embedder_from_settings, spec_from_settings
 
@@ -131,10 +138,18 @@ def run_build(settings: Settings, *, reuse: bool = True, quiet: bool = False) ->
             keep_generations=settings.keep_generations,
             progress=start_task,
             reuse=reuse,
+            skip_if_unchanged=skip_if_unchanged,
+            wait=wait,
         )
 
 
 def _print_report(report: BuildReport) -> None:
+    if report.up_to_date:
+        console.print(
+            f"[green]up to date[/green]: generation {report.generation} matches the corpus "
+            f"({report.unchanged} documents); nothing embedded"
+        )
+        return
     console.print(
         f"[green]generation {report.generation}[/green]: {report.documents} documents, "
         f"{report.chunks} chunks, {report.sentences} sentences in {report.seconds:.1f}s "
@@ -143,8 +158,11 @@ def _print_report(report: BuildReport) -> None:
     )
     console.print(
         f"added {len(report.added)}, changed {len(report.changed)}, "
-        f"removed {len(report.removed)}, unchanged {report.unchanged}"
+        f"removed {len(report.removed)}, renamed {len(report.renamed)}, "
+        f"unchanged {report.unchanged}"
     )
+    for old, new in report.renamed:
+        console.print(f"renamed {escape(old)} → {escape(new)}")
     for skipped in report.skipped:
         console.print(
             f"[yellow]skipped[/yellow] {escape(skipped['path'])}: {escape(skipped['reason'])}"
@@ -161,6 +179,58 @@ def index_build(
     """Index the corpus into a new generation and put it in service."""
     with _errors():
         _print_report(run_build(_settings(ctx), reuse=not full))
+
+
+@index_app.command("update")
+def index_update(
+    ctx: typer.Context,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a running build instead of failing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Bring the index in step with the corpus, embedding only what is new or changed."""
+    from qa.updater import report_dict
+
+    with _errors():
+        report = run_build(_settings(ctx), skip_if_unchanged=True, wait=wait, quiet=as_json)
+    if as_json:
+        print(json.dumps(report_dict(report)))
+    else:
+        _print_report(report)
+
+
+@index_app.command("rollback")
+def index_rollback(ctx: typer.Context) -> None:
+    """Put the previous index generation back in service."""
+    from qa.engine import spec_from_settings
+    from qa.index import rollback
+
+    settings = _settings(ctx)
+    with _errors():
+        target = rollback(Path(settings.index_dir), spec_from_settings(settings))
+    console.print(f"[green]rolled back[/green]: {target.name} is in service")
+
+
+@index_app.command("watch")
+def index_watch(ctx: typer.Context) -> None:
+    """Watch the corpus folder and update the index whenever edits settle (Ctrl-C stops)."""
+    import threading
+
+    from qa.updater import watch_changes
+
+    settings = _settings(ctx)
+    with _errors():
+        _print_report(run_build(settings, skip_if_unchanged=True, wait=True))
+    console.print(f"watching {settings.corpus_dir} (Ctrl-C to stop)")
+    stop = threading.Event()
+    try:
+        for n in watch_changes(Path(settings.corpus_dir), settings.watch_debounce_ms, stop):
+            console.print(f"{n} change(s)")
+            with _errors():
+                _print_report(run_build(settings, skip_if_unchanged=True, wait=True))
+    except KeyboardInterrupt:
+        stop.set()
 
 
 @index_app.command("status")
@@ -308,6 +378,9 @@ def serve(
     build: Annotated[
         bool, typer.Option(help="Build the index first when it is missing or stale")
     ] = True,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Update the index when the corpus changes")
+    ] = False,
 ) -> None:
     """Serve the HTTP API (and build the index first when it is missing or stale)."""
     import uvicorn
@@ -324,11 +397,12 @@ def serve(
             )
             if state != "fresh":
                 err_console.print(f"index {state}: {escape(why)}; building")
-                _print_report(run_build(settings, reuse=state in ("stale",)))
+                _print_report(run_build(settings, reuse=state == "stale", wait=True))
     bind_host = host or settings.host
     bind_port = port or settings.port
     err_console.print(f"serving on http://{bind_host}:{bind_port} (OpenAPI at /docs)")
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="info")
+    app = create_app(settings, watch=watch)
+    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
 
 
 def entrypoint() -> None:  # pragma: no cover

@@ -25,6 +25,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -125,6 +127,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def checkpoint(stage: str) -> None:
+    """Fault-injection point for crash tests: with QA_TEST_PAUSE_AT=<stage> in the
+    environment the process says so on stderr and stops there, to be killed."""
+    if os.environ.get("QA_TEST_PAUSE_AT") == stage:
+        sys.stderr.write(f"paused at {stage}\n")
+        sys.stderr.flush()
+        time.sleep(3600)
+
+
 def generation_name(number: int) -> str:
     return f"gen-{number:06d}"
 
@@ -183,7 +194,8 @@ class BuildPayload:
 def write_generation(index_dir: Path, payload: BuildPayload, keep: int = 2) -> Path:
     """Write a new generation and put it in service. Caller holds the index lock."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    existing = [int(p.name.split("-")[1]) for p in list_generations(index_dir)]
+    remove_orphans(index_dir)
+    existing = [generation_number(p) for p in list_generations(index_dir)]
     number = max(existing, default=0) + 1
     final = index_dir / generation_name(number)
     tmp = index_dir / f"{final.name}.tmp"
@@ -266,22 +278,69 @@ def write_generation(index_dir: Path, payload: BuildPayload, keep: int = 2) -> P
                 os.fsync(fh.fileno())
     _fsync_dir(tmp)
     verify_generation(tmp)
+    checkpoint("written")
     tmp.rename(final)
     _fsync_dir(index_dir)
-    pointer_tmp = index_dir / f"{CURRENT_FILE}.tmp"
-    pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
-    with pointer_tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(pointer_tmp, index_dir / CURRENT_FILE)
-    _fsync_dir(index_dir)
+    checkpoint("renamed")
+    switch_to(index_dir, final)
     prune_generations(index_dir, keep)
     return final
+
+
+def generation_number(gen_dir: Path) -> int:
+    return int(gen_dir.name.split("-")[1])
+
+
+def remove_orphans(index_dir: Path) -> None:
+    """Remove generations newer than the one in service: left by a crash before the
+    switch, or rolled back from. They were never (or are no longer) in service."""
+    current = current_generation_dir(index_dir)
+    if current is None:
+        return
+    for gen in list_generations(index_dir):
+        if generation_number(gen) > generation_number(current):
+            shutil.rmtree(gen, ignore_errors=True)
+
+
+def switch_to(index_dir: Path, gen_dir: Path) -> None:
+    """Put ``gen_dir`` in service by atomically replacing the CURRENT pointer."""
+    pointer_tmp = index_dir / f"{CURRENT_FILE}.tmp"
+    pointer_tmp.write_text(gen_dir.name + "\n", encoding="utf-8")
+    with pointer_tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    checkpoint("pointer")
+    os.replace(pointer_tmp, index_dir / CURRENT_FILE)
+    _fsync_dir(index_dir)
+
+
+def rollback(index_dir: Path, spec: IndexSpec | None = None) -> Path:
+    """Put the generation before the one in service back in service (verified first)."""
+    with index_lock(index_dir):
+        current = current_generation_dir(index_dir)
+        if current is None:
+            raise IndexNotReady(f"no index in {index_dir} to roll back")
+        older = [
+            g
+            for g in list_generations(index_dir)
+            if generation_number(g) < generation_number(current)
+        ]
+        if not older:
+            raise IndexNotReady(
+                f"no generation older than {current.name} is kept in {index_dir}; "
+                "nothing to roll back to"
+            )
+        target = older[-1]
+        load_generation(target, spec)  # verify before it goes into service
+        switch_to(index_dir, target)
+        return target
 
 
 def prune_generations(index_dir: Path, keep: int) -> None:
     """Remove old generations and leftovers of crashed builds; keep ``keep`` newest."""
     current = current_generation_dir(index_dir)
     gens = list_generations(index_dir)
+    if current is not None:
+        gens = [g for g in gens if generation_number(g) <= generation_number(current)]
     survivors = set(gens[-keep:]) | ({current} if current else set())
     for gen in gens:
         if gen not in survivors:

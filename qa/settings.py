@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     keep_generations: int = Field(
         2, ge=1, description="Index generations kept on disk (the one in service included)."
     )
+    reload_interval: float = Field(
+        1.0, gt=0, description="Seconds between checks for a new index generation."
+    )
+    watch_debounce_ms: int = Field(
+        1000, ge=50, description="How long edits must settle before a watched update."
+    )
     admin_token: str | None = Field(
         None, description="Bearer token for admin endpoints; unset disables them."
     )

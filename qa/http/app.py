@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
-from qa.engine import Engine, filters_from
-from qa.errors import QAError
+from qa.engine import Engine, filters_from, spec_from_settings
+from qa.errors import Forbidden, QAError, Unauthorized
 from qa.http.errors import error_response, install_error_handlers
 from qa.schema import AskResponse, DocumentSummary, DocumentText
 from qa.settings import Settings
+from qa.updater import Updater, start_reloader, start_watcher
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,18 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Bearer token matching QA_ADMIN_TOKEN; no token configured disables the endpoint."""
+    expected = request.app.state.settings.admin_token
+    if not expected:
+        raise Forbidden("admin endpoints are disabled; set QA_ADMIN_TOKEN to enable them")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
 def _load_in_background(app: FastAPI, engine: Engine) -> None:
     def run() -> None:
         try:
@@ -64,17 +79,40 @@ def _load_in_background(app: FastAPI, engine: Engine) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, engine: Engine | None = None, *, load: bool = True
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    *,
+    load: bool = True,
+    watch: bool = False,
 ) -> FastAPI:
-    """Build the app. The index loads in the background; /readyz is 503 until it is in."""
+    """Build the app. The index loads in the background; /readyz is 503 until it is in.
+
+    While it runs, a new index generation on disk (from `qa index update`, the update
+    endpoint or, with ``watch``, an edit in the corpus folder) is loaded and swapped in
+    without a restart; requests in flight finish on the generation they started with.
+    """
     settings = settings or Settings()
     engine = engine or Engine(settings)
+    updater = Updater(
+        Path(settings.corpus_dir),
+        Path(settings.index_dir),
+        engine.embedder,
+        spec_from_settings(settings),
+        keep_generations=settings.keep_generations,
+        on_success=lambda _: engine.reload_if_changed(),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
         if load and not engine.ready:
             _load_in_background(app, engine)
+        if load:
+            start_reloader(engine.reload_if_changed, settings.reload_interval, stop)
+        if watch:
+            start_watcher(updater, settings.watch_debounce_ms, stop)
         yield
+        stop.set()
 
     app = FastAPI(
         title="qa",
@@ -84,6 +122,7 @@ def create_app(
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.updater = updater
     app.state.load_error = None
     install_error_handlers(app)
 
@@ -125,6 +164,7 @@ def create_app(
     @app.get("/v1/index", tags=["index"])
     def index_status(engine: EngineDep) -> dict[str, Any]:
         manifest = engine.data.manifest
+        running, last = updater.running, updater.last
         return {
             "generation": manifest["generation"],
             "built_at": manifest["built_at"],
@@ -132,6 +172,24 @@ def create_app(
             "chunker": manifest["chunker"],
             "counts": manifest["counts"],
             "skipped": manifest["skipped"],
+            "update": {
+                "running": running.as_dict() if running else None,
+                "last": last.as_dict() if last else None,
+            },
         }
+
+    @app.post(
+        "/v1/index/update",
+        tags=["index"],
+        status_code=202,
+        dependencies=[Depends(require_admin)],
+    )
+    def index_update() -> dict[str, Any]:
+        """Start an incremental update in the background; poll /v1/index/jobs/{id}."""
+        return {"job": updater.start().as_dict()}
+
+    @app.get("/v1/index/jobs/{job_id}", tags=["index"], dependencies=[Depends(require_admin)])
+    def index_job(job_id: str) -> dict[str, Any]:
+        return {"job": updater.job(job_id).as_dict()}
 
     return app
