@@ -131,9 +131,30 @@ class Engine:
             raise IndexNotReady("the index is not loaded yet; try again in a moment")
         vector = self.embedder.embed([question])[0]
         embedded = time.perf_counter()
-        hits = searcher.search(question, vector, top_k, filters)
+        if self.settings.reranker_model:
+            pool = max(top_k, self.settings.rerank_candidates)
+            hits = self._rerank(
+                question, searcher, searcher.search(question, vector, pool, filters)
+            )
+            hits = hits[:top_k]
+        else:
+            hits = searcher.search(question, vector, top_k, filters)
         searched = time.perf_counter()
         return self._respond(question, searcher.data, hits, began, embedded, searched)
+
+    def _rerank(self, question: str, searcher: Searcher, hits: list[Hit]) -> list[Hit]:
+        """Reorder hits by the cross-encoder's score, which becomes their score."""
+        from qa.rerank import get_reranker
+
+        assert self.settings.reranker_model is not None
+        reranker = get_reranker(
+            self.settings.reranker_model, self.settings.device, self.settings.allow_download
+        )
+        texts = [searcher.data.chunks[h.row].text for h in hits]
+        scores = reranker.scores(question, texts)
+        for hit, score in zip(hits, scores, strict=True):
+            hit.score = float(score)
+        return sorted(hits, key=lambda h: -h.score)
 
     def _respond(
         self,

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
         "or sentence is below this value.",
     )
     max_question_chars: int = Field(2000, ge=1)
+    reranker_model: str | None = Field(
+        None,
+        description="sentence-transformers CrossEncoder name or path to rerank the fused "
+        "candidates; off when unset.",
+    )
+    rerank_candidates: int = Field(
+        20, ge=1, le=200, description="How many fused candidates the reranker rescores."
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -1,0 +1,65 @@
+"""Optional reranking of the fused candidates with a sentence-transformers CrossEncoder.
+
+Off by default (no cross-encoder weights ship here); set QA_RERANKER_MODEL to a model name
+or local path to turn it on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qa.errors import ModelLoadError
+
+
+class CrossEncoderReranker:
+    """Scores (question, passage) pairs; loaded once, on first use."""
+
+    def __init__(self, model_id: str, device: str = "cpu", allow_download: bool = False) -> None:
+        self.model_id = model_id
+        self.device = device
+        self.allow_download = allow_download
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    local = Path(self.model_id).exists()
+                    if local or not self.allow_download:
+                        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                    from sentence_transformers import CrossEncoder
+
+                    try:
+                        self._model = CrossEncoder(
+                            self.model_id,
+                            device=self.device,
+                            local_files_only=local or not self.allow_download,
+                        )
+                    except Exception as exc:
+                        raise ModelLoadError(
+                            f"could not load reranker model {self.model_id!r}: {exc}"
+                        ) from exc
+        return self._model
+
+    def scores(self, question: str, passages: Sequence[str]) -> np.ndarray:
+        if not passages:
+            return np.zeros(0, dtype=np.float32)
+        pairs = [(question, p) for p in passages]
+        out = self.model.predict(pairs, show_progress_bar=False, convert_to_numpy=True)
+        return np.asarray(out, dtype=np.float32).reshape(len(passages), -1)[:, -1]
+
+
+@lru_cache(maxsize=2)
+def get_reranker(
+    model_id: str, device: str = "cpu", allow_download: bool = False
+) -> CrossEncoderReranker:
+    return CrossEncoderReranker(model_id, device, allow_download)
