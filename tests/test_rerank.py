@@ -18,7 +18,21 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     path = tmp_path_factory.mktemp("tiny-ce")
-    words = "nato japan australia sourdough bread dough proof fridge the a of and in".split()
+    words = [
+        "nato",
+        "japan",
+        "australia",
+        "sourdough",
+        "bread",
+        "dough",
+        "proof",
+        "fridge",
+        "the",
+        "a",
+        "of",
+        "and",
+        "in",
+    ]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", "utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
