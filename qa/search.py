@@ -42,6 +42,9 @@ class FusionConfig:
     dedupe_overlap: float = 0.5  # drop a hit sharing this share of a better hit's span
     gap_gain: float = 0.5  # shift weight toward the retriever whose top hit stands out more
     sentence_weight: float = 0.5  # share of the best sentence's cosine in a chunk's dense score
+    prf_k: int = 10  # pseudo-relevance feedback: top chunks averaged into the query vector
+    prf_beta: float = 0.6  # weight of their mean vector
+    prf_min_chunks: int = 200  # no feedback on smaller corpora: their top k is not a signal
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Searcher:
             return []
         c = min(self.candidates, n)
         lexical = data.bm25.scores(query) if cfg.mode != "dense" else np.zeros(n, np.float32)
+        allowed: np.ndarray | None = None
+        mask = None
         if filters is not None and filters.active:
             allowed = self._allowed_rows(filters)
             if len(allowed) == 0:
@@ -118,11 +123,8 @@ class Searcher:
             mask = np.zeros(n, dtype=bool)
             mask[allowed] = True
             lexical = np.where(mask, lexical, 0.0).astype(np.float32)
-            dense_all = data.chunk_vectors[allowed] @ vector
-            dense_rows = allowed[_top(dense_all, c)]
-        else:
-            mask = None
-            dense_rows, _ = data.store.search(vector, c)
+        rank_vector = self._feedback(vector, allowed)
+        dense_rows = self._dense_top(rank_vector, c, allowed)
         lex_rows = _top(lexical, c)
         lex_rows = lex_rows[lexical[lex_rows] > 0]
         if mask is not None:
@@ -135,9 +137,11 @@ class Searcher:
             rows = np.unique(np.concatenate([dense_rows, lex_rows]))
         if len(rows) == 0:
             return []
-        dense = self._dense_scores(rows, vector)
+        dense = self._dense_scores(rows, rank_vector)
+        plain = dense if rank_vector is vector else self._dense_scores(rows, vector)
         lex = lexical[rows]
         best_dense = float(dense.max())
+        confidence = float(plain.max())  # how well the model understood the question itself
         lex_max = float(lex.max()) if len(lex) else 0.0
         lex_norm = lex / lex_max if lex_max > 0 else np.zeros_like(lex)
         if cfg.mode == "dense":
@@ -145,7 +149,7 @@ class Searcher:
         elif cfg.mode == "bm25":
             fused = lex_norm
         else:
-            w = lexical_weight(best_dense, cfg) if lex_max > 0 else 0.0
+            w = lexical_weight(confidence, cfg) if lex_max > 0 else 0.0
             spread = best_dense - float(dense.min())
             dense_norm = (dense - dense.min()) / spread if spread > 0 else np.ones_like(dense)
             if cfg.gap_gain and w > 0 and len(rows) > 1:
@@ -162,12 +166,30 @@ class Searcher:
             if dedupe and self._overlaps(chunk.doc_id, chunk.start, chunk.end, chosen):
                 continue
             chosen.append((chunk.doc_id, chunk.start, chunk.end))
-            hits.append(Hit(row, float(fused[j]), float(dense[j]), float(lex[j]), (0, 0), 0.0))
+            hits.append(Hit(row, float(fused[j]), float(plain[j]), float(lex[j]), (0, 0), 0.0))
             if len(hits) >= top_k:
                 break
         if highlight:
             self._highlight(query, vector, hits)
         return hits
+
+    def _dense_top(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
+        if allowed is None:
+            rows: np.ndarray = self.data.store.search(vector, k)[0]
+            return rows
+        picked: np.ndarray = allowed[_top(self.data.chunk_vectors[allowed] @ vector, k)]
+        return picked
+
+    def _feedback(self, vector: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        """Rocchio pseudo-relevance feedback: move the query toward its top chunks."""
+        cfg = self.fusion
+        pool = len(self.data.chunks) if allowed is None else len(allowed)
+        if cfg.mode == "bm25" or cfg.prf_k <= 0 or pool < cfg.prf_min_chunks:
+            return vector
+        seeds = self._dense_top(vector, cfg.prf_k, allowed)
+        expanded = vector + cfg.prf_beta * self.data.chunk_vectors[seeds].mean(axis=0)
+        out: np.ndarray = (expanded / np.linalg.norm(expanded)).astype(np.float32)
+        return out
 
     def _dense_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Cosine of each chunk, blended with the cosine of its best-matching sentence."""
