@@ -183,6 +183,7 @@ class Engine:
             question=question,
             answer=answer,
             abstained=abstained,
+            confidence=round(confidence, 4),
             message=message,
             passages=passages,
             timings_ms={

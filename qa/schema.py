@@ -45,6 +45,10 @@ class AskResponse(BaseModel):
     question: str
     answer: Answer | None
     abstained: bool
+    confidence: float = Field(
+        description="Best cosine of the question to a returned passage or its sentence; "
+        "the answer abstains below QA_MIN_SCORE"
+    )
     message: str | None = None
     passages: list[Passage]
     timings_ms: dict[str, float]
