@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from qa.embedder import Embedder, get_embedder
-from qa.errors import IndexNotReady, InvalidRequest, NotFound
+from qa.errors import IndexNotReady, InvalidRequest, NotFound, QAError
 from qa.index import IndexData, IndexSpec, current_generation_dir, load_current
 from qa.schema import (
     Answer,
@@ -64,6 +64,7 @@ class Engine:
         self.fusion = fusion or FusionConfig()
         self._searcher: Searcher | None = None
         self._swap_lock = threading.Lock()
+        self._refused: Path | None = None  # a generation that failed to load; not retried
 
     # ------------------------------------------------------------------ index in service
 
@@ -96,7 +97,13 @@ class Engine:
         searcher = self._searcher
         if gen_dir is None or (searcher is not None and searcher.data.path == gen_dir):
             return False
-        self.load()
+        if gen_dir == self._refused:
+            return False
+        try:
+            self.load()
+        except QAError:
+            self._refused = gen_dir  # keep serving the generation in service; say it once
+            raise
         return True
 
     def warm_up(self) -> None:
