@@ -116,3 +116,18 @@ def test_index_built_with_another_model_is_refused(server: Server, tmp_path: Pat
     out = run_qa(env, "ask", "anything", check=False)
     assert out.returncode == 1
     assert "qa index build" in out.stderr and "other-model" in out.stderr
+
+
+def test_cli_eval_json_on_a_small_beir_set(server: Server, tmp_path: Path) -> None:
+    from tests.test_evaluation import write_dataset
+
+    dataset = write_dataset(tmp_path / "ds", header=True)
+    env = dict(server.env, QA_CACHE_DIR=str(tmp_path / "cache"))
+    result = json.loads(run_qa(env, "eval", str(dataset), "--mode", "hybrid", "--json").stdout)
+    assert set(result) == {
+        "ndcg@10", "recall@100", "mrr@10", "queries", "docs", "mode", "latency_ms"
+    }  # fmt: skip
+    assert result["queries"] == 2 and result["docs"] == 3 and result["mode"] == "hybrid"
+    assert result["ndcg@10"] == 1.0
+    bad = run_qa(env, "eval", str(tmp_path / "nothing"), check=False)
+    assert bad.returncode == 1 and "corpus.jsonl" in bad.stderr
