@@ -57,6 +57,31 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def load_sentence_transformers(
+    cls: Any, path: str, kind: str, name: str, *, device: str, allow_download: bool
+) -> Any:
+    """Load a sentence-transformers model class from ``path`` without touching the hub
+    unless downloads are allowed; a failure names the model and says what to do."""
+    local = Path(path).exists()
+    offline = local or not allow_download
+    if offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        return cls(path, device=device, local_files_only=offline)
+    except Exception as exc:
+        hint = (
+            ""
+            if local or allow_download
+            else (" (not found locally; set QA_ALLOW_DOWNLOAD=true to let it download)")
+        )
+        raise ModelLoadError(f"could not load {kind} {name!r}{hint}: {exc}") from exc
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model, loaded once on first use."""
 
@@ -84,30 +109,16 @@ class SentenceTransformerEmbedder:
         return self._model
 
     def _load(self) -> Any:
-        path = resolve_model_path(self.model_id)
-        local = Path(path).exists()
-        if local or not self.allow_download:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-        try:
-            return SentenceTransformer(
-                path, device=self.device, local_files_only=local or not self.allow_download
-            )
-        except Exception as exc:
-            hint = (
-                ""
-                if local or self.allow_download
-                else " (not found locally; set QA_ALLOW_DOWNLOAD=true to let it download)"
-            )
-            raise ModelLoadError(
-                f"could not load embedding model {self.model_id!r}{hint}: {exc}"
-            ) from exc
+        return load_sentence_transformers(
+            SentenceTransformer,
+            resolve_model_path(self.model_id),
+            "embedding model",
+            self.model_id,
+            device=self.device,
+            allow_download=self.allow_download,
+        )
 
     @property
     def dimension(self) -> int:

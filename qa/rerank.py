@@ -6,16 +6,14 @@ or local path to turn it on.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qa.errors import ModelLoadError
+from qa.embedder import load_sentence_transformers
 
 
 class CrossEncoderReranker:
@@ -33,21 +31,16 @@ class CrossEncoderReranker:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    local = Path(self.model_id).exists()
-                    if local or not self.allow_download:
-                        os.environ.setdefault("HF_HUB_OFFLINE", "1")
                     from sentence_transformers import CrossEncoder
 
-                    try:
-                        self._model = CrossEncoder(
-                            self.model_id,
-                            device=self.device,
-                            local_files_only=local or not self.allow_download,
-                        )
-                    except Exception as exc:
-                        raise ModelLoadError(
-                            f"could not load reranker model {self.model_id!r}: {exc}"
-                        ) from exc
+                    self._model = load_sentence_transformers(
+                        CrossEncoder,
+                        self.model_id,
+                        "reranker model",
+                        self.model_id,
+                        device=self.device,
+                        allow_download=self.allow_download,
+                    )
         return self._model
 
     def scores(self, question: str, passages: Sequence[str]) -> np.ndarray:
