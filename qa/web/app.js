@@ -447,7 +447,7 @@
     ui.docNote.hidden = notes.length === 0;
     say(mark ? `Opened ${doc.title}, cited span highlighted.` : `Opened ${doc.title}.`, true);
     ui.docTitle.focus({ preventScroll: true });
-    if (mark) mark.scrollIntoView({ block: "center" });
+    if (mark) mark.scrollIntoView({ block: "start" }); // CSS leaves room above for context
     else window.scrollTo(0, 0);
   }
 
@@ -527,6 +527,12 @@
     if (hash !== location.hash) history.pushState(null, "", hash);
     routed = location.hash;
     ask(question, k);
+  });
+
+  // The skip link moves focus without touching the fragment, which holds the view.
+  document.querySelector(".skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("main").focus();
   });
 
   window.addEventListener("hashchange", onNavigate);
