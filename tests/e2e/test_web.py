@@ -23,7 +23,16 @@ from tests.e2e.conftest import Server, qa_env, start_server, stop
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
 
-pytestmark = pytest.mark.e2e
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing and could not be installed here: scripts/test.sh "
+        "installs it with `apt-get install -y chromium`, which needs root and apt-get",
+    ),
+]
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api",
@@ -31,7 +40,6 @@ playwright_api = pytest.importorskip(
 )
 expect = playwright_api.expect
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -65,11 +73,6 @@ Let the dough rise overnight in the fridge. {IMG} Bake the loaf in a hot covered
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     """One headless Chromium with a fresh profile for the module."""
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"{CHROMIUM} is missing and could not be installed here; scripts/test.sh installs "
-            "it with `apt-get install -y chromium`, which needs root and Debian's archive"
-        )
     with playwright_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             user_data_dir=str(tmp_path_factory.mktemp("chromium-profile")),
