@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
 
 from qa.engine import Engine, filters_from, spec_from_settings
@@ -21,6 +23,14 @@ from qa.settings import Settings
 from qa.updater import Updater, start_reloader, start_watcher
 
 log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# The page loads nothing but its own files and talks only to this server; document text is
+# rendered as text, and this policy is the second line if that were ever broken.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 class AskFilters(BaseModel):
@@ -125,6 +135,14 @@ def create_app(
     app.state.updater = updater
     app.state.load_error = None
     install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(
+            WEB_DIR / "index.html",
+            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+        )
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -48,8 +48,9 @@ def run_qa(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
 
 
 def start_server(
-    env: dict[str, str], *args: str, timeout: float = 300
+    env: dict[str, str], *args: str, timeout: float = 300, wait_for: str = "/readyz"
 ) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start `qa serve` on a free port; return once ``wait_for`` answers 200."""
     port = free_port()
     log = open(Path(env["QA_INDEX_DIR"]).parent / f"server-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -61,7 +62,7 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{wait_for}", timeout=2).status_code == 200:
                 return url, proc
         except httpx.HTTPError:
             pass
