@@ -92,12 +92,17 @@ class SentenceTransformerEmbedder:
         device: str = "cpu",
         batch_size: int = 32,
         allow_download: bool = False,
+        backend: str = "onnx",
+        cache_dir: Path = Path(".qa-cache"),
     ) -> None:
         self.model_id = model_id
         self.device = device
         self.batch_size = batch_size
         self.allow_download = allow_download
+        self.backend = backend
+        self.cache_dir = cache_dir
         self._model: Any = None
+        self._onnx: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -109,16 +114,28 @@ class SentenceTransformerEmbedder:
         return self._model
 
     def _load(self) -> Any:
+        import torch
         from sentence_transformers import SentenceTransformer
 
-        return load_sentence_transformers(
+        path = resolve_model_path(self.model_id)
+        model = load_sentence_transformers(
             SentenceTransformer,
-            resolve_model_path(self.model_id),
+            path,
             "embedding model",
             self.model_id,
             device=self.device,
             allow_download=self.allow_download,
         )
+        if self.backend == "onnx" and self.device == "cpu":
+            from qa import onnx_encoder
+
+            self._onnx = onnx_encoder.load(model, path, self.cache_dir, torch.get_num_threads())
+        return model
+
+    @property
+    def active_backend(self) -> str:
+        _ = self.model
+        return "onnx" if self._onnx is not None else "torch"
 
     @property
     def dimension(self) -> int:
@@ -153,17 +170,27 @@ class SentenceTransformerEmbedder:
 
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        model = self.model
         block = self.batch_size * 8
         with torch.inference_mode():
             for i in range(0, len(order), block):
                 rows = order[i : i + block]
-                vectors = self.model.encode(
-                    [texts[r] for r in rows],
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+                batch = [texts[r] for r in rows]
+                if self._onnx is not None:
+                    vectors = np.vstack(
+                        [
+                            self._onnx.encode(batch[j : j + self.batch_size])
+                            for j in range(0, len(batch), self.batch_size)
+                        ]
+                    )
+                else:
+                    vectors = model.encode(
+                        batch,
+                        batch_size=self.batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
                 out[rows] = np.asarray(vectors, dtype=np.float32)
                 if progress is not None:
                     progress(len(rows))
@@ -172,9 +199,19 @@ class SentenceTransformerEmbedder:
 
 @lru_cache(maxsize=4)
 def get_embedder(
-    model_id: str, device: str = "cpu", batch_size: int = 32, allow_download: bool = False
+    model_id: str,
+    device: str = "cpu",
+    batch_size: int = 32,
+    allow_download: bool = False,
+    backend: str = "onnx",
+    cache_dir: Path = Path(".qa-cache"),
 ) -> SentenceTransformerEmbedder:
     """One embedder per model and parameters for the whole process."""
     return SentenceTransformerEmbedder(
-        model_id, device=device, batch_size=batch_size, allow_download=allow_download
+        model_id,
+        device=device,
+        batch_size=batch_size,
+        allow_download=allow_download,
+        backend=backend,
+        cache_dir=cache_dir,
     )

@@ -46,6 +46,8 @@ def embedder_from_settings(settings: Settings) -> Embedder:
         settings.device,
         settings.embed_batch_size,
         settings.allow_download,
+        settings.embed_backend,
+        Path(settings.cache_dir),
     )
 
 

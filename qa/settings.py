@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,11 @@ class Settings(BaseSettings):
         False, description="Allow sentence-transformers to download a model that is not local."
     )
     device: str = Field("cpu", description="torch device for the embedding model.")
+    embed_backend: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="onnx: run mean-pooling transformer models with onnxruntime on the CPU "
+        "(exported once into the cache folder, checked against torch); torch: always torch.",
+    )
     embed_batch_size: int = Field(32, ge=1, le=1024)
 
     chunk_tokens: int = Field(
