@@ -117,6 +117,9 @@ def load(model: Any, model_path: str, cache_dir: Path, threads: int) -> OnnxEnco
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.log_severity_level = 3
+        # no busy-waiting threads between calls: they would steal the CPU from the rest of
+        # the request (BM25, fusion) and from other processes
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
         except Exception:  # a damaged cache file: export it again, once
