@@ -12,6 +12,10 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+# One question at a time: OpenMP threads only add wake-up and barrier costs (measured 6 ms
+# per search of a 5-vector index on a busy 2-core machine, against 0.05 ms on one thread).
+faiss.omp_set_num_threads(1)
+
 
 class VectorStore(Protocol):
     @property
