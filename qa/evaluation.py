@@ -20,7 +20,7 @@ from typing import Any
 from qa.builder import ProgressFactory, build_index
 from qa.embedder import Embedder
 from qa.errors import InvalidRequest, QAError
-from qa.index import IndexSpec, load_current
+from qa.index import FORMAT_VERSION, IndexSpec, load_current
 from qa.loaders import LoadReport, SkipFile, load_file
 from qa.search import FusionConfig, Searcher
 
@@ -71,7 +71,7 @@ def cache_key(corpus: Path, spec: IndexSpec) -> str:
     with corpus.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    digest.update(json.dumps([spec.model_id, spec.chunker_settings()]).encode())
+    digest.update(json.dumps([FORMAT_VERSION, spec.model_id, spec.chunker_settings()]).encode())
     return digest.hexdigest()[:24]
 
 

@@ -40,7 +40,7 @@ from qa.errors import IndexBusy, IndexCorrupt, IndexMismatch, IndexNotReady
 from qa.lexical import BM25Index
 from qa.store import FaissStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest stats carry word_pieces_per_word, which search uses
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 MANIFEST = "manifest.json"
@@ -94,6 +94,10 @@ class IndexData:
     @property
     def built_at(self) -> str:
         return str(self.manifest["built_at"])
+
+    @property
+    def word_pieces_per_word(self) -> float:
+        return float(self.manifest.get("stats", {}).get("word_pieces_per_word", 1.0))
 
 
 # --------------------------------------------------------------------------- files

@@ -43,8 +43,10 @@ class FusionConfig:
     gap_gain: float = 0.5  # shift weight toward the retriever whose top hit stands out more
     sentence_weight: float = 0.5  # share of the best sentence's cosine in a chunk's dense score
     prf_k: int = 10  # pseudo-relevance feedback: top chunks averaged into the query vector
-    prf_beta: float = 0.6  # weight of their mean vector
+    prf_beta: float = 0.3  # weight of their mean vector
     prf_min_chunks: int = 200  # no feedback on smaller corpora: their top k is not a signal
+    familiar_wppw: float = 1.3  # word pieces per word of a corpus in the model's language
+    foreign_wppw: float = 2.0  # ... and of one in a language the model does not know
 
 
 @dataclass
@@ -70,15 +72,23 @@ def _gap(normalised: np.ndarray) -> float:
     return float(top2[1] - top2[0])
 
 
-def lexical_weight(best_cosine: float, config: FusionConfig) -> float:
-    """BM25's share: ``lexical_weight`` when dense is confident, rising to 0.8 when not."""
+def familiarity(word_pieces_per_word: float, config: FusionConfig) -> float:
+    """1 for a corpus in the model's language, falling to 0 as its tokenizer shreds it."""
+    lo, hi = config.familiar_wppw, config.foreign_wppw
+    return float(np.clip((hi - word_pieces_per_word) / (hi - lo), 0.0, 1.0))
+
+
+def lexical_weight(best_cosine: float, config: FusionConfig, known: float = 1.0) -> float:
+    """BM25's share: ``lexical_weight`` when dense is confident and the corpus is in the
+    model's language, rising to 0.8 when the question or the corpus is foreign to it."""
     lo, hi = config.unsure_cosine, config.confident_cosine
+    base = 0.8 + known * (config.lexical_weight - 0.8)
     if best_cosine >= hi:
-        return config.lexical_weight
+        return base
     if best_cosine <= lo:
         return 0.8
     t = (best_cosine - lo) / (hi - lo)
-    return 0.8 + t * (config.lexical_weight - 0.8)
+    return 0.8 + t * (base - 0.8)
 
 
 class Searcher:
@@ -90,6 +100,7 @@ class Searcher:
         self.data = data
         self.candidates = candidates
         self.fusion = fusion or FusionConfig()
+        self.familiarity = familiarity(data.word_pieces_per_word, self.fusion)
         self._paths = [data.documents[c.doc_id].path for c in data.chunks]
 
     def _allowed_rows(self, filters: Filters) -> np.ndarray:
@@ -149,7 +160,7 @@ class Searcher:
         elif cfg.mode == "bm25":
             fused = lex_norm
         else:
-            w = lexical_weight(confidence, cfg) if lex_max > 0 else 0.0
+            w = lexical_weight(confidence, cfg, self.familiarity) if lex_max > 0 else 0.0
             spread = best_dense - float(dense.min())
             dense_norm = (dense - dense.min()) / spread if spread > 0 else np.ones_like(dense)
             if cfg.gap_gain and w > 0 and len(rows) > 1:
@@ -185,6 +196,8 @@ class Searcher:
         cfg = self.fusion
         pool = len(self.data.chunks) if allowed is None else len(allowed)
         if cfg.mode == "bm25" or cfg.prf_k <= 0 or pool < cfg.prf_min_chunks:
+            return vector
+        if self.familiarity < 0.5:  # the model's top hits are not evidence to expand with
             return vector
         seeds = self._dense_top(vector, cfg.prf_k, allowed)
         expanded = vector + cfg.prf_beta * self.data.chunk_vectors[seeds].mean(axis=0)

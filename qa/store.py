@@ -13,7 +13,6 @@ import faiss
 import numpy as np
 
 
-
 class VectorStore(Protocol):
     @property
     def dimension(self) -> int: ...
