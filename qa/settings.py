@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -77,12 +77,52 @@ class Settings(BaseSettings):
         None, description="Bearer token for admin endpoints; unset disables them."
     )
 
+    llm_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible server (vLLM, Ollama, llama.cpp), e.g. "
+        "http://127.0.0.1:11434/v1. When set, chat answers are written by that model from the "
+        "retrieved passages; unset keeps the extractive answer.",
+    )
+    llm_model: str | None = Field(None, description="Model name to ask at QA_LLM_BASE_URL.")
+    llm_api_key: SecretStr | None = Field(
+        None, description="Bearer token for QA_LLM_BASE_URL, if the server wants one."
+    )
+    llm_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds to wait for the language model; on timeout the extractive "
+        "answer is returned.",
+    )
+
     @field_validator("embedding_model")
     @classmethod
     def _model_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("QA_EMBEDDING_MODEL must name a model or a path, got an empty value")
         return value.strip()
+
+    @field_validator("llm_base_url", "llm_model")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return value.strip() or None
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _llm_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"QA_LLM_BASE_URL must start with http:// or https://, got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _llm_model_named(self) -> Settings:
+        if self.llm_base_url and not self.llm_model:
+            raise ValueError(
+                "QA_LLM_MODEL must name the model to use at QA_LLM_BASE_URL "
+                f"({self.llm_base_url}), e.g. QA_LLM_MODEL=llama3.2"
+            )
+        return self
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:

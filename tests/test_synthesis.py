@@ -1,0 +1,127 @@
+"""Answer synthesis against a real OpenAI-compatible HTTP server started by the test."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from qa.engine import Engine
+from qa.schema import Passage
+from qa.settings import Settings
+from qa.synthesis import Synthesizer, build_messages, clean_markers
+from tests.llm_server import (
+    LLMServer,
+    Reply,
+    cites_passage_one_and_invents_seven,
+    completion,
+    passages_in,
+)
+
+QUESTION = "how long does the dough proof"
+
+
+@pytest.mark.parametrize(
+    ("text", "valid", "cleaned", "cited"),
+    [
+        ("A [1]. B [2].", 3, "A [1]. B [2].", [1, 2]),
+        ("A [1]. B [7].", 3, "A [1]. B.", [1]),
+        ("A [7] and B [1].", 3, "A and B [1].", [1]),
+        ("A [1, 7, 2].", 3, "A [1][2].", [1, 2]),
+        ("A [1][1] [0].", 3, "A [1][1].", [1]),
+        ("Nothing cited [4].", 3, "Nothing cited.", []),
+        ("Dates like [2022] are not markers of passage 2022.", 5, "Dates like are not markers "
+         "of passage 2022.", []),
+    ],
+)  # fmt: skip
+def test_clean_markers_keeps_only_retrieved_passages(
+    text: str, valid: int, cleaned: str, cited: list[int]
+) -> None:
+    assert clean_markers(text, valid) == (cleaned, cited)
+
+
+@pytest.fixture
+def passages(engine: Engine) -> list[Passage]:
+    return engine.ask(QUESTION, 3).passages
+
+
+def llm_settings(settings: Settings, url: str, **extra: object) -> Settings:
+    values = {"llm_base_url": url, "llm_model": "tiny", "llm_timeout": 2.0, **extra}
+    return Settings(**(settings.model_dump() | values))
+
+
+def test_the_model_sees_only_the_numbered_passages_and_the_question(
+    settings: Settings, passages: list[Passage]
+) -> None:
+    messages = build_messages(QUESTION, passages, earlier=["what is a starter"])
+    prompt = messages[-1]["content"]
+    for p in passages:
+        assert f"[{p.rank}] " in prompt and p.text.strip() in prompt
+    assert prompt.endswith(f"Question: {QUESTION}")
+    assert "what is a starter" in prompt
+    assert "only the numbered passages" in messages[0]["content"]
+
+
+def test_an_invented_marker_is_removed(settings: Settings, passages: list[Passage]) -> None:
+    with LLMServer(cites_passage_one_and_invents_seven).running() as llm:
+        synth = Synthesizer(llm_settings(settings, llm.url))
+        result = synth.write(QUESTION, passages)
+    assert result is not None
+    first_line = passages[0].text.split("\n")[0]
+    assert result.text == (
+        f"According to the documents, {first_line} [1]. Other sources agree. See also [2]."
+    )
+    assert result.cited == [1, 2] and result.model == "tiny"
+    sent = llm.requests[0]
+    assert sent["model"] == "tiny" and sent["stream"] is False
+    assert passages_in(sent)[1] == first_line
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(settings: Settings, passages: list[Passage]) -> None:
+    with LLMServer(cites_passage_one_and_invents_seven).running() as llm:
+        Synthesizer(llm_settings(settings, llm.url, llm_api_key="s3cret")).write(QUESTION, passages)
+    assert llm.headers[0]["Authorization"] == "Bearer s3cret"
+
+
+def slow(_: dict) -> Reply:
+    return Reply(body=completion("too late [1]").body, delay=3.0)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        (slow, "did not answer within 0.5s"),
+        (lambda _: Reply(200, b"<html>502 Bad Gateway</html>"), "not an OpenAI chat completion"),
+        (lambda _: Reply(200, b'{"result": "Dough proofs overnight [1]"}'), "not an OpenAI"),
+        (lambda _: Reply(200, b'{"choices": []}'), "not an OpenAI chat completion"),
+        (lambda _: completion(""), "the answer is empty"),
+        (lambda _: completion("I believe it is about eight hours."), "cites no retrieved"),
+        (lambda _: completion("Eight hours [4][5]."), "cites no retrieved"),
+        (lambda _: Reply(500, b'{"error": "model not loaded"}'), "HTTP 500"),
+    ],
+    ids=["timeout", "html", "json-without-choices", "no-choices", "empty", "uncited",
+         "only-invented-markers", "http-500"],
+)  # fmt: skip
+def test_unusable_answers_fall_back_and_say_why(
+    settings: Settings,
+    passages: list[Passage],
+    caplog: pytest.LogCaptureFixture,
+    behaviour,
+    reason: str,
+) -> None:
+    with LLMServer(behaviour).running() as llm:
+        synth = Synthesizer(llm_settings(settings, llm.url, llm_timeout=0.5))
+        with caplog.at_level(logging.WARNING, logger="qa.synthesis"):
+            assert synth.write(QUESTION, passages) is None
+    assert reason in caplog.text and "extractive answer" in caplog.text
+
+
+def test_an_unreachable_server_falls_back(
+    settings: Settings, passages: list[Passage], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = LLMServer(cites_passage_one_and_invents_seven)
+    url = server.url  # bound, never served: connection refused once closed
+    server._server.server_close()
+    with caplog.at_level(logging.WARNING, logger="qa.synthesis"):
+        assert Synthesizer(llm_settings(settings, url)).write(QUESTION, passages) is None
+    assert "failed" in caplog.text
