@@ -67,3 +67,9 @@ class Unauthorized(QAError):
 class Forbidden(QAError):
     status_code = 403
     code = "forbidden"
+
+
+class UnknownModel(NotFound):
+    """A chat request names a model this server does not serve."""
+
+    code = "model_not_found"

@@ -70,3 +70,11 @@ class DocumentText(BaseModel):
     text: str
     sha256: str
     page_starts: list[int] = Field(default_factory=list)
+
+
+class NumberedCitation(BaseModel):
+    """A source of a chat answer: the ``[marker]`` in the reply text and what it points to."""
+
+    marker: int = Field(description="The number n of the [n] marker in the reply text")
+    citation: Citation
+    text: str = Field(description="The cited passage")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 
 from qa.engine import Engine
+from qa.http import create_app
 from qa.schema import Passage
 from qa.settings import Settings
 from qa.synthesis import Synthesizer, build_messages, clean_markers
@@ -125,3 +128,65 @@ def test_an_unreachable_server_falls_back(
     with caplog.at_level(logging.WARNING, logger="qa.synthesis"):
         assert Synthesizer(llm_settings(settings, url)).write(QUESTION, passages) is None
     assert "failed" in caplog.text
+
+
+# ---------------------------------------------------------------- through the chat endpoint
+
+
+@pytest.fixture
+def chat_with_llm(engine: Engine) -> Iterator[tuple[TestClient, LLMServer]]:
+    with LLMServer(cites_passage_one_and_invents_seven).running() as llm:
+        settings = llm_settings(engine.settings, llm.url)
+        with TestClient(create_app(settings, engine, load=False)) as client:
+            yield client, llm
+
+
+def ask_chat(client: TestClient, question: str, stream: bool = False):
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": "qa", "messages": [{"role": "user", "content": question}], "stream": stream},
+    )
+
+
+def test_chat_answer_written_by_the_model_with_valid_citations_only(chat_with_llm) -> None:
+    client, llm = chat_with_llm
+    body = ask_chat(client, QUESTION).json()
+    content = body["choices"][0]["message"]["content"]
+    assert content.startswith("According to the documents, ")
+    assert "[7]" not in content and "[9]" not in content
+    assert "Other sources agree." in content
+    assert [c["marker"] for c in body["citations"]] == [1, 2]
+    assert "Sources:\n- [1] " in content and "\n- [2] " in content and "- [3]" not in content
+    assert body["qa"]["written_by"] == "llm:tiny"
+    assert "synthesis" in body["qa"]["timings_ms"]
+    assert len(llm.requests) == 1
+
+
+def test_chat_does_not_ask_the_model_when_the_documents_do_not_cover_it(
+    engine: Engine,
+) -> None:
+    with LLMServer(cites_passage_one_and_invents_seven).running() as llm:
+        settings = llm_settings(engine.settings, llm.url, min_score=0.99)
+        engine.settings = settings  # the engine abstains below min_score
+        with TestClient(create_app(settings, engine, load=False)) as client:
+            body = ask_chat(client, QUESTION).json()
+    assert body["choices"][0]["message"]["content"] == "The documents do not cover this question."
+    assert body["citations"] == [] and body["qa"]["abstained"]
+    assert llm.requests == []
+
+
+def test_chat_falls_back_to_the_extractive_answer_on_timeout(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with LLMServer(slow).running() as llm:
+        settings = llm_settings(engine.settings, llm.url, llm_timeout=0.5)
+        with (
+            TestClient(create_app(settings, engine, load=False)) as client,
+            caplog.at_level(logging.WARNING, logger="qa.synthesis"),
+        ):
+            body = ask_chat(client, QUESTION).json()
+    extractive = engine.ask(QUESTION).answer
+    assert extractive is not None
+    assert body["choices"][0]["message"]["content"].startswith(extractive.text + "\n\nSources:")
+    assert body["qa"]["written_by"] == "extractive"
+    assert "did not answer within 0.5s" in caplog.text

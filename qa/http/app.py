@@ -17,9 +17,12 @@ from pydantic import BaseModel, Field, field_validator
 
 from qa.engine import Engine, filters_from, spec_from_settings
 from qa.errors import Forbidden, QAError, Unauthorized
+from qa.http.chat import create_chat_router
+from qa.http.deps import EngineDep, get_engine
 from qa.http.errors import error_response, install_error_handlers
 from qa.schema import AskResponse, DocumentSummary, DocumentText
 from qa.settings import Settings
+from qa.synthesis import Synthesizer
 from qa.updater import Updater, start_reloader, start_watcher
 
 log = logging.getLogger(__name__)
@@ -49,14 +52,6 @@ class AskRequest(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty or blank")
         return value
-
-
-def get_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
@@ -111,6 +106,7 @@ def create_app(
         keep_generations=settings.keep_generations,
         on_success=lambda _: engine.reload_if_changed(),
     )
+    synthesizer = Synthesizer.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,8 +117,12 @@ def create_app(
             start_reloader(engine.reload_if_changed, settings.reload_interval, stop)
         if watch:
             start_watcher(updater, settings.watch_debounce_ms, stop)
-        yield
-        stop.set()
+        try:
+            yield
+        finally:
+            stop.set()
+            if synthesizer is not None:
+                synthesizer.close()
 
     app = FastAPI(
         title="qa",
@@ -133,8 +133,10 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.state.updater = updater
+    app.state.synthesizer = synthesizer
     app.state.load_error = None
     install_error_handlers(app)
+    app.include_router(create_chat_router())
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
@@ -211,3 +213,6 @@ def create_app(
         return {"job": updater.job(job_id).as_dict()}
 
     return app
+
+
+__all__ = ["EngineDep", "create_app", "get_engine"]

@@ -1,0 +1,122 @@
+"""Chat: answer the last user turn of a conversation, with numbered sources.
+
+The chat endpoint and any other chat front end call this. It resolves follow-ups
+(qa.conversation), asks the Engine, lets the optional language model write the answer
+(qa.synthesis) and formats a readable reply: the answer with ``[n]`` markers, then a
+"Sources" list whose entries are the same citations returned machine-readable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qa.conversation import Rewrite, rewrite
+from qa.engine import ABSTAIN_MESSAGE, Engine
+from qa.errors import InvalidRequest
+from qa.schema import AskResponse, Citation, NumberedCitation, Passage
+from qa.synthesis import Synthesizer
+
+ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant")
+
+EARLIER_QUESTIONS_FOR_MODEL = 3
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str  # the answer, then the Sources list
+    answer: str  # the answer alone
+    citations: list[NumberedCitation]
+    rewrite: Rewrite
+    result: AskResponse
+    written_by: str  # "extractive" or "llm:<model>"
+
+    @property
+    def abstained(self) -> bool:
+        return self.result.abstained
+
+
+def user_questions(turns: Sequence[Turn]) -> list[str]:
+    questions = [t.content for t in turns if t.role == "user"]
+    if not questions:
+        raise InvalidRequest("messages must include at least one message with role 'user'")
+    return questions
+
+
+def source_line(marker: int, citation: Citation) -> str:
+    """``[1] Title — path, lines 12-16`` (the title is left out when it is the path)."""
+    where = f"{citation.path}, lines {citation.line_start}-{citation.line_end}"
+    if citation.line_start == citation.line_end:
+        where = f"{citation.path}, line {citation.line_start}"
+    if citation.page:
+        where += f", page {citation.page}"
+    if citation.title and citation.title != citation.path:
+        return f"[{marker}] {citation.title} — {where}"
+    return f"[{marker}] {where}"
+
+
+def format_reply(answer: str, citations: Sequence[NumberedCitation]) -> str:
+    if not citations:
+        return answer
+    # A markdown list, so chat UIs that render markdown keep one source per line.
+    sources = "\n".join(f"- {source_line(c.marker, c.citation)}" for c in citations)
+    return f"{answer}\n\nSources:\n{sources}"
+
+
+def _numbered(passages: Sequence[Passage], markers: Sequence[int]) -> list[NumberedCitation]:
+    by_rank = {p.rank: p for p in passages}
+    return [
+        NumberedCitation(marker=m, citation=by_rank[m].citation, text=by_rank[m].text)
+        for m in sorted(set(markers))
+        if m in by_rank
+    ]
+
+
+def reply(
+    engine: Engine,
+    turns: Sequence[Turn],
+    top_k: int | None = None,
+    synthesizer: Synthesizer | None = None,
+) -> ChatReply:
+    """Answer the last user turn; earlier user turns resolve follow-ups."""
+    questions = user_questions(turns)
+    question = engine.validate_question(questions[-1])
+    rw = rewrite([*questions[:-1], question])
+    query = rw.query[: engine.settings.max_question_chars]
+    result = engine.ask(query, top_k)
+    if result.abstained or result.answer is None:
+        return ChatReply(
+            text=ABSTAIN_MESSAGE,
+            answer=ABSTAIN_MESSAGE,
+            citations=[],
+            rewrite=rw,
+            result=result,
+            written_by="extractive",
+        )
+    answer, markers, written_by = result.answer.text, result.answer.citations, "extractive"
+    if synthesizer is not None:
+        began = time.perf_counter()
+        earlier = questions[:-1][-EARLIER_QUESTIONS_FOR_MODEL:]
+        synthesis = synthesizer.write(question, result.passages, earlier)
+        result.timings_ms["synthesis"] = round((time.perf_counter() - began) * 1000, 2)
+        if synthesis is not None:
+            answer, markers, written_by = synthesis.text, synthesis.cited, f"llm:{synthesis.model}"
+    citations = _numbered(result.passages, markers)
+    return ChatReply(
+        text=format_reply(answer, citations),
+        answer=answer,
+        citations=citations,
+        rewrite=rw,
+        result=result,
+        written_by=written_by,
+    )
+
+
+__all__ = ["ROLES", "ChatReply", "Turn", "format_reply", "reply", "source_line"]
