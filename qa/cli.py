@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -403,6 +404,36 @@ def serve(
     err_console.print(f"serving on http://{bind_host}:{bind_port} (OpenAPI at /docs)")
     app = create_app(settings, watch=watch)
     uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 and sys.stdout to stderr (native libraries print to fd 1)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@app.command("mcp")
+def mcp_stdio(ctx: typer.Context) -> None:
+    """Serve the index to an MCP client over stdio (tools: search, get_document)."""
+    from qa.engine import Engine
+    from qa.mcp_server import build_mcp_server
+
+    settings = _settings(ctx)
+    # stdout carries the protocol: anything printed while loading goes to stderr instead.
+    with _errors(), _stdout_to_stderr():
+        engine = Engine(settings)
+        engine.load()
+        engine.warm_up()
+    build_mcp_server(engine).run("stdio")
 
 
 def entrypoint() -> None:  # pragma: no cover

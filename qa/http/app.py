@@ -20,6 +20,7 @@ from qa.errors import Forbidden, QAError, Unauthorized
 from qa.http.chat import create_chat_router
 from qa.http.deps import EngineDep, get_engine
 from qa.http.errors import error_response, install_error_handlers
+from qa.mcp_server import build_mcp_server
 from qa.schema import AskResponse, DocumentSummary, DocumentText
 from qa.settings import Settings
 from qa.synthesis import Synthesizer
@@ -107,6 +108,11 @@ def create_app(
         on_success=lambda _: engine.reload_if_changed(),
     )
     synthesizer = Synthesizer.from_settings(settings)
+    mcp = build_mcp_server(engine)
+    # MCP over streamable HTTP at /mcp: stateless JSON responses, one session manager.
+    mcp_http = mcp.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=True, json_response=True, host=settings.host
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -117,12 +123,13 @@ def create_app(
             start_reloader(engine.reload_if_changed, settings.reload_interval, stop)
         if watch:
             start_watcher(updater, settings.watch_debounce_ms, stop)
-        try:
-            yield
-        finally:
-            stop.set()
-            if synthesizer is not None:
-                synthesizer.close()
+        async with mcp.session_manager.run():
+            try:
+                yield
+            finally:
+                stop.set()
+                if synthesizer is not None:
+                    synthesizer.close()
 
     app = FastAPI(
         title="qa",
@@ -137,6 +144,7 @@ def create_app(
     app.state.load_error = None
     install_error_handlers(app)
     app.include_router(create_chat_router())
+    app.router.routes.extend(mcp_http.routes)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -1,0 +1,126 @@
+"""MCP: the index as tools and resources for MCP clients (chat apps, IDEs, agents).
+
+Built with the official ``mcp`` SDK. Served over stdio by ``qa mcp`` and over streamable
+HTTP at ``/mcp`` by ``qa serve``. Each tool and resource only translates to one Engine call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import anyio.to_thread
+from mcp import MCPError
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.shared.uri_template import UriTemplate
+from mcp_types import INTERNAL_ERROR
+from mcp_types import Resource as MCPResource
+from pydantic import Field
+
+from qa.engine import Engine
+from qa.errors import QAError
+from qa.schema import AskResponse, DocumentText
+
+DOCUMENT_URI = "qa://documents/{+doc_id}"
+_DOCUMENT_TEMPLATE = UriTemplate.parse(DOCUMENT_URI)
+
+INSTRUCTIONS = (
+    "Searches a fixed collection of documents. Call `search` with a question to get the "
+    "passages that answer it, each with a citation (document, path, line and character "
+    "range); quote and cite them. `abstained: true` means the documents do not cover the "
+    "question. `get_document` returns a whole document by its doc_id."
+)
+
+
+def document_uri(doc_id: str) -> str:
+    return _DOCUMENT_TEMPLATE.expand({"doc_id": doc_id})
+
+
+@contextmanager
+def _as_tool_error() -> Iterator[None]:
+    """Engine errors reach the client as the tool's error text (the message says what to do)."""
+    try:
+        yield
+    except QAError as exc:
+        raise ToolError(exc.message) from exc
+
+
+class QAMCPServer(MCPServer[Any]):
+    """An MCPServer whose resource list is the documents of the index in service."""
+
+    def __init__(self, engine: Engine, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.engine = engine
+
+    async def list_resources(self) -> list[MCPResource]:
+        try:
+            documents = await anyio.to_thread.run_sync(self.engine.documents)
+        except QAError as exc:
+            raise MCPError(code=INTERNAL_ERROR, message=exc.message) from exc
+        listed = [
+            MCPResource(
+                uri=document_uri(d.doc_id),
+                name=d.doc_id,
+                title=d.title,
+                description=f"{d.path} ({d.chunks} passages indexed)",
+                mime_type="text/plain",
+            )
+            for d in documents
+        ]
+        return listed + await super().list_resources()
+
+
+def build_mcp_server(engine: Engine) -> QAMCPServer:
+    server = QAMCPServer(
+        engine,
+        name="qa",
+        title="qa: answers from your documents",
+        instructions=INSTRUCTIONS,
+        version="0.1.0",
+        log_level="WARNING",
+    )
+
+    @server.tool(
+        title="Search the documents",
+        description="Find the passages that answer a question, best first, each with its "
+        "citation (doc_id, title, path, lines, characters). `answer` is the best sentence "
+        "with its [1] marker; `abstained` is true when the documents do not cover the "
+        "question.",
+    )
+    def search(
+        question: Annotated[str, Field(description="The question, in plain words")],
+        top_k: Annotated[int, Field(ge=1, le=50, description="How many passages (1-50)")] = 5,
+    ) -> AskResponse:
+        with _as_tool_error():
+            return engine.ask(question, top_k)
+
+    @server.tool(
+        title="Read a document",
+        description="The full text of one document by its doc_id (as in search citations "
+        "or the resource list). Citation start/end offsets index into this text.",
+    )
+    def get_document(
+        doc_id: Annotated[str, Field(description="The document id, e.g. notes/baking.md")],
+    ) -> DocumentText:
+        with _as_tool_error():
+            return engine.document(doc_id)
+
+    @server.resource(
+        DOCUMENT_URI,
+        name="document",
+        title="Document text",
+        description="The text of a document in the index; qa://documents/<doc_id>.",
+        mime_type="text/plain",
+    )
+    def document(doc_id: str) -> str:
+        try:
+            return engine.document(doc_id).text
+        except QAError as exc:
+            raise ResourceError(exc.message) from exc
+
+    return server
+
+
+__all__ = ["DOCUMENT_URI", "QAMCPServer", "build_mcp_server", "document_uri"]
