@@ -84,6 +84,33 @@ def _load_in_background(app: FastAPI, engine: Engine) -> None:
     app.state.loader = thread
 
 
+def _install_docs(app: FastAPI) -> None:
+    """OpenAPI docs at /docs with Swagger UI 5 served from the fastapi-offline package's
+    files, so the page works without internet access (FastAPI's default uses a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    try:
+        import fastapi_offline
+
+        assets: str | None = str(Path(fastapi_offline.__file__).parent / "static")
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+    except ImportError:  # pragma: no cover - falls back to FastAPI's CDN assets
+        assets = None
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if assets is None:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="qa API")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="qa API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+
 def create_app(
     settings: Settings | None = None,
     engine: Engine | None = None,
@@ -136,7 +163,10 @@ def create_app(
         version="0.1.0",
         summary="Answers questions from your documents with passages and exact citations.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    _install_docs(app)
     app.state.engine = engine
     app.state.settings = settings
     app.state.updater = updater
