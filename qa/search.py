@@ -237,26 +237,25 @@ class Searcher:
         return False
 
     def _highlight(self, query: str, vector: np.ndarray, hits: list[Hit]) -> None:
-        """Pick in each hit the sentence that best answers: cosine plus shared query terms."""
+        """Pick in each hit the sentence that best answers: cosine plus shared query terms.
+        A hit without sentences (a chunk of headings only) highlights the whole chunk."""
         data = self.data
-        if not hits:
-            return
-        spans: list[tuple[int, int, int]] = []  # hit index, sentence row
+        owner: list[int] = []  # hit index of each candidate sentence
+        rows: list[int] = []  # its row in the sentence table
         for h, hit in enumerate(hits):
             lo, hi = data.chunk_sentence_ranges[hit.row]
-            spans.extend((h, r, 0) for r in range(int(lo), int(hi)))
-        if not spans:
-            for hit in hits:
-                chunk = data.chunks[hit.row]
-                hit.highlight, hit.highlight_dense = (chunk.start, chunk.end), hit.dense
+            owner.extend([h] * int(hi - lo))
+            rows.extend(range(int(lo), int(hi)))
+        for hit in hits:
+            chunk = data.chunks[hit.row]
+            hit.highlight, hit.highlight_dense = (chunk.start, chunk.end), hit.dense
+        if not rows:
             return
-        rows = np.array([r for _, r, _ in spans], dtype=np.int64)
+        spans = data.sentences[rows]
         cos = data.sentence_vectors[rows] @ vector
         texts = [
-            data.documents[data.chunks[int(data.sentences[r, 0])].doc_id].text[
-                int(data.sentences[r, 1]) : int(data.sentences[r, 2])
-            ]
-            for r in rows
+            data.documents[data.chunks[int(row)].doc_id].text[int(start) : int(end)]
+            for row, start, end in spans
         ]
         q_terms = set(tokenize([query])[0])
         overlap = np.zeros(len(rows), dtype=np.float32)
@@ -265,15 +264,9 @@ class Searcher:
                 overlap[i] = len(q_terms.intersection(terms)) / len(q_terms)
         score = cos + 0.2 * overlap
         best: dict[int, int] = {}
-        for i, (h, _, _) in enumerate(spans):
+        for i, h in enumerate(owner):
             if h not in best or score[i] > score[best[h]]:
                 best[h] = i
-        for h, hit in enumerate(hits):
-            if h in best:
-                i = best[h]
-                r = rows[i]
-                hit.highlight = (int(data.sentences[r, 1]), int(data.sentences[r, 2]))
-                hit.highlight_dense = float(cos[i])
-            else:
-                chunk = data.chunks[hit.row]
-                hit.highlight, hit.highlight_dense = (chunk.start, chunk.end), hit.dense
+        for h, i in best.items():
+            hits[h].highlight = (int(spans[i, 1]), int(spans[i, 2]))
+            hits[h].highlight_dense = float(cos[i])
