@@ -311,9 +311,14 @@ def index_freshness(corpus_dir: Path, index_dir: Path, spec: IndexSpec) -> tuple
         return "mismatch", exc.message
     except (IndexCorrupt, IndexNotReady) as exc:
         return "corrupt", exc.message
+    if not corpus_dir.is_dir():
+        raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
     loaded = load_corpus(corpus_dir)
     now = {d.doc_id: d.sha256 for d in loaded.documents}
     before = {k: v["sha256"] for k, v in manifest["documents"].items()}
+    skipped = [{"path": x.path, "reason": x.reason} for x in loaded.skipped]
+    if now == before and skipped != manifest["skipped"]:
+        return "stale", "the files that cannot be read changed"
     if now != before:
         added = len(set(now) - set(before))
         removed = len(set(before) - set(now))

@@ -238,7 +238,8 @@ class Chunker:
                 groups.append(list(cur))
 
         for unit, path in units:
-            new_section = unit.is_heading and cur and not cur[-1][0].is_heading
+            new_page = bool(cur) and doc.page_at(unit.start) != doc.page_at(cur[0][0].start)
+            new_section = new_page or (unit.is_heading and cur and not cur[-1][0].is_heading)
             new_paragraph = bool(cur) and unit.paragraph != cur[-1][0].paragraph
             over = used + unit.tokens > self.max_tokens
             if new_section or over:

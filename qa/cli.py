@@ -283,7 +283,9 @@ def index_status(
 def ask(
     ctx: typer.Context,
     question: Annotated[str, typer.Argument(help="The question")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=50)] = 5,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", "-k", min=1, max=50, help="[default: QA_TOP_K]")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON")] = False,
     doc_id: Annotated[list[str] | None, typer.Option(help="Only this document (repeat)")] = None,
     path_prefix: Annotated[str | None, typer.Option(help="Only paths starting so")] = None,

@@ -117,6 +117,12 @@ class Engine:
     def validate_question(self, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
             raise InvalidRequest("question must be a non-empty string")
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                "question is not valid Unicode text (it contains a lone surrogate)"
+            ) from None
         if len(question) > self.settings.max_question_chars:
             raise InvalidRequest(
                 f"question is {len(question)} characters long; the limit is "

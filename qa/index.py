@@ -198,9 +198,11 @@ class BuildPayload:
 def write_generation(index_dir: Path, payload: BuildPayload, keep: int = 2) -> Path:
     """Write a new generation and put it in service. Caller holds the index lock."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    remove_orphans(index_dir)
+    # numbers are never reused (a server tells generations apart by folder): count the
+    # orphans of a crash or a rollback before removing them
     existing = [generation_number(p) for p in list_generations(index_dir)]
     number = max(existing, default=0) + 1
+    remove_orphans(index_dir)
     final = index_dir / generation_name(number)
     tmp = index_dir / f"{final.name}.tmp"
     if tmp.exists():
@@ -280,6 +282,8 @@ def write_generation(index_dir: Path, payload: BuildPayload, keep: int = 2) -> P
         if p.is_file():
             with p.open("rb") as fh:
                 os.fsync(fh.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
     _fsync_dir(tmp)
     verify_generation(tmp)
     checkpoint("written")

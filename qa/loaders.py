@@ -92,17 +92,16 @@ def load_file(path: Path, rel: str) -> Iterator[Document]:
 
 
 def decode_text(data: bytes) -> str:
-    """UTF-8 text with only CRLF (and lone CR) turned into LF; offsets match the file."""
+    """UTF-8 text with only CRLF turned into LF, so offsets match the file (a byte-order
+    mark stays, as the character U+FEFF at offset 0)."""
     if b"\x00" in data:
         raise SkipFile("binary file (contains NUL bytes)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SkipFile(f"not valid UTF-8 (byte {exc.start}): {exc.reason}") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.strip():
+    text = text.replace("\r\n", "\n")
+    if not text.strip().strip("\ufeff"):
         raise SkipFile("empty document")
     return text
 
@@ -120,7 +119,7 @@ def _load_text(path: Path, rel: str, *, markdown: bool) -> Document:
         if m:
             title = m.group(2).strip()
     else:
-        first = text.strip().split("\n", 1)[0].strip()
+        first = text.strip().strip("\ufeff").split("\n", 1)[0].strip()
         if 0 < len(first) <= 150 and not first.endswith((".", ",", ";")):
             title = first
     return Document(doc_id=rel, path=rel, title=title or _title_from_name(rel), text=text)
@@ -162,6 +161,8 @@ def _load_html(path: Path, rel: str) -> Document:
                 if heading:
                     parts.append(f"\n\n{'#' * int(name[1])} {heading}\n\n")
                 continue
+            if name in {"td", "th"}:
+                parts.append(" ")  # cells of a row stay on one line, never glued together
             block = name in _BLOCK_TAGS
             if block:
                 parts.append("\n\n" if name not in {"li", "br", "tr", "dt", "dd"} else "\n")
@@ -228,9 +229,23 @@ def _load_docx(path: Path, rel: str) -> Document:
         raise SkipFile(f"broken DOCX: {exc}") from None
     except Exception as exc:  # zipfile.BadZipFile and friends
         raise SkipFile(f"broken DOCX: {type(exc).__name__}: {exc}") from None
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
     blocks: list[str] = []
     first_heading = ""
-    for para in document.paragraphs:
+    for child in document.element.body.iterchildren():
+        tag = child.tag.rsplit("}", 1)[-1]
+        if tag == "tbl":  # tables in reading order, one line a row
+            for row in Table(child, document).rows:
+                cells = [c.text.strip() for c in row.cells]
+                line = " | ".join(c for c in cells if c)
+                if line:
+                    blocks.append(line)
+            continue
+        if tag != "p":
+            continue
+        para = Paragraph(child, document)
         content = para.text.strip()
         if not content:
             continue
@@ -265,13 +280,14 @@ def _load_beir_jsonl(path: Path, rel: str) -> Iterator[Document]:
             doc_id = str(row["_id"])
             body = str(row.get("text") or "")
             title = str(row.get("title") or "")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            content = f"{title}\n\n{body}" if title and body else (body or title)
+            if not content.strip():
+                continue
+            doc = Document(doc_id=f"{rel}#{doc_id}", path=rel, title=title or doc_id, text=content)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeError) as exc:
             log.warning("skipped %s line %d: not a BEIR document (%s)", rel, lineno, exc)
             continue
-        content = f"{title}\n\n{body}" if title and body else (body or title)
-        if not content.strip():
-            continue
         good += 1
-        yield Document(doc_id=f"{rel}#{doc_id}", path=rel, title=title or doc_id, text=content)
+        yield doc
     if not good:
         raise SkipFile("no BEIR documents ({'_id', 'title', 'text'} per line) in the file")

@@ -77,7 +77,10 @@ class Updater:
             skip_if_unchanged=True,
         )
         if self.on_success is not None:
-            self.on_success(report)
+            try:
+                self.on_success(report)
+            except Exception:  # the update itself succeeded; the server keeps polling
+                log.exception("generation %s written but not loaded yet", report.generation)
         return report
 
     def start(self) -> Job:

@@ -27,7 +27,11 @@ def test_tools_are_listed_with_schemas(engine: Engine) -> None:
         assert set(tools) == {"search", "get_document"}
         search = tools["search"]
         assert search.input_schema["required"] == ["question"]
-        assert search.input_schema["properties"]["top_k"]["default"] == 5
+        assert search.input_schema["properties"]["top_k"]["default"] is None  # QA_TOP_K
+        engine.settings.top_k = 3
+        default = await client.call_tool("search", {"question": QUESTION})
+        assert default.structured_content is not None
+        assert len(default.structured_content["passages"]) == 3
         assert search.output_schema is not None
         assert "passages" in search.output_schema["properties"]
         assert tools["get_document"].input_schema["required"] == ["doc_id"]

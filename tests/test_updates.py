@@ -120,7 +120,7 @@ def test_rollback_restores_the_previous_generation(settings: Settings) -> None:
     assert "new.md" not in load_current(index_dir).documents
     # the next update starts from the rolled-back generation and completes
     report = update(settings, embedder)
-    assert report.generation == 2 and report.added == ["new.md"]
+    assert report.generation == 3 and report.added == ["new.md"]  # numbers are never reused
 
 
 def test_rollback_without_an_older_generation_says_so(settings: Settings) -> None:

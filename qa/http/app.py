@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qa.engine import Engine, filters_from, spec_from_settings
 from qa.errors import Forbidden, QAError, Unauthorized
@@ -38,13 +38,19 @@ PAGE_CSP = (
 
 
 class AskFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a mistyped filter must not search everything
+
     doc_id: list[str] | None = Field(None, description="Only these documents")
     path_prefix: str | None = Field(None, description="Only documents whose path starts so")
 
 
 class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     question: str = Field(..., description="The question, 1 to 2,000 characters")
-    top_k: int = Field(5, ge=1, le=50, description="How many passages to return (1-50)")
+    top_k: int | None = Field(
+        None, ge=1, le=50, description="How many passages to return (1-50; QA_TOP_K if unset)"
+    )
     filters: AskFilters | None = None
 
     @field_validator("question")
@@ -205,7 +211,7 @@ def create_app(
     def ask_get(
         engine: EngineDep,
         question: Annotated[str, Query(description="The question")],
-        top_k: Annotated[int, Query(ge=1, le=50)] = 5,
+        top_k: Annotated[int | None, Query(ge=1, le=50)] = None,
         doc_id: Annotated[list[str] | None, Query(description="Only these documents")] = None,
         path_prefix: Annotated[str | None, Query()] = None,
     ) -> AskResponse:

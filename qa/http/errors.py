@@ -26,7 +26,11 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "json_invalid":
         return "request body is not valid JSON"
     if kind == "missing":
+        if not field:
+            return 'a JSON request body is required, e.g. {"question": "..."}'
         return f"{field} is required"
+    if kind == "extra_forbidden":
+        return f"{field} is not a known field"
     msg = str(error.get("msg", "is invalid"))
     msg = msg.removeprefix("Value error, ")
     return f"{field}: {msg}" if field else msg
