@@ -82,7 +82,25 @@ def load_sentence_transformers(
         raise ModelLoadError(f"could not load {kind} {name!r}{hint}: {exc}") from exc
 
 
-class SentenceTransformerEmbedder:
+class LazyModel:
+    """A model loaded once, on first use of ``.model``, by ``_load`` (thread-safe)."""
+
+    _model: Any = None
+    _lock = threading.Lock()
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+
+class SentenceTransformerEmbedder(LazyModel):
     """A sentence-transformers model, loaded once on first use."""
 
     def __init__(
@@ -101,17 +119,7 @@ class SentenceTransformerEmbedder:
         self.allow_download = allow_download
         self.backend = backend
         self.cache_dir = cache_dir
-        self._model: Any = None
         self._onnx: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def model(self) -> Any:
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    self._model = self._load()
-        return self._model
 
     def _load(self) -> Any:
         import torch

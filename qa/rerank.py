@@ -6,42 +6,34 @@ or local path to turn it on.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from qa.embedder import load_sentence_transformers
+from qa.embedder import LazyModel, load_sentence_transformers
 
 
-class CrossEncoderReranker:
+class CrossEncoderReranker(LazyModel):
     """Scores (question, passage) pairs; loaded once, on first use."""
 
     def __init__(self, model_id: str, device: str = "cpu", allow_download: bool = False) -> None:
         self.model_id = model_id
         self.device = device
         self.allow_download = allow_download
-        self._model: Any = None
-        self._lock = threading.Lock()
 
-    @property
-    def model(self) -> Any:
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    from sentence_transformers import CrossEncoder
+    def _load(self) -> Any:
+        from sentence_transformers import CrossEncoder
 
-                    self._model = load_sentence_transformers(
-                        CrossEncoder,
-                        self.model_id,
-                        "reranker model",
-                        self.model_id,
-                        device=self.device,
-                        allow_download=self.allow_download,
-                    )
-        return self._model
+        return load_sentence_transformers(
+            CrossEncoder,
+            self.model_id,
+            "reranker model",
+            self.model_id,
+            device=self.device,
+            allow_download=self.allow_download,
+        )
 
     def scores(self, question: str, passages: Sequence[str]) -> np.ndarray:
         if not passages:
