@@ -40,7 +40,7 @@ from qa.errors import IndexBusy, IndexCorrupt, IndexMismatch, IndexNotReady
 from qa.lexical import BM25Index
 from qa.store import FaissStore
 
-FORMAT_VERSION = 2  # 2: manifest stats carry word_pieces_per_word, which search uses
+FORMAT_VERSION = 3  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 MANIFEST = "manifest.json"

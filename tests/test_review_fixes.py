@@ -145,3 +145,16 @@ def test_text_offsets_match_the_file_even_with_a_bom(tmp_path: Path) -> None:
     assert doc.title == "Title line"
     for chunk in Chunker(FakeEmbedder().count_tokens, 50, 0).chunk(doc).chunks:
         assert doc.text[chunk.start : chunk.end] == chunk.text
+
+
+def test_bm25_keeps_numbered_identifiers_whole() -> None:
+    from qa.lexical import BM25Index, tokenize
+
+    (terms,) = tokenize(["Install libcurl3-gnutls 7.88.1 or python3.11, not libcurl4."])
+    assert {"libcurl3-gnutls", "7.88.1", "python3.11"} <= set(terms)
+    assert "gnutl" in terms  # the parts are still there for partial matches
+    index = BM25Index.build(
+        ["libcurl3-gnutls is the GnuTLS flavour", "libgnutls30 is GnuTLS itself", "gnutls-bin"]
+    )
+    scores = index.scores("what does libcurl3-gnutls provide")
+    assert scores.argmax() == 0
