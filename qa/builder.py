@@ -213,7 +213,7 @@ def build_index(
         loaded = loaded or load_corpus(corpus_dir)
         checkpoint("loaded")
         documents = loaded.documents
-        skipped = [{"path": s.path, "reason": s.reason} for s in loaded.skipped]
+        skipped = loaded.skipped_rows()
         before = (
             {d: m["sha256"] for d, m in previous.manifest["documents"].items()} if previous else {}
         )
@@ -314,14 +314,15 @@ def index_freshness(corpus_dir: Path, index_dir: Path, spec: IndexSpec) -> tuple
     if not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
     loaded = load_corpus(corpus_dir)
-    now = {d.doc_id: d.sha256 for d in loaded.documents}
-    before = {k: v["sha256"] for k, v in manifest["documents"].items()}
-    skipped = [{"path": x.path, "reason": x.reason} for x in loaded.skipped]
-    if now == before and skipped != manifest["skipped"]:
+    diff = diff_documents(
+        {k: v["sha256"] for k, v in manifest["documents"].items()},
+        {d.doc_id: d.sha256 for d in loaded.documents},
+    )
+    if diff.any:
+        return "stale", (
+            f"corpus changed: {len(diff.added)} added, {len(diff.changed)} changed, "
+            f"{len(diff.removed)} removed, {len(diff.renamed)} renamed"
+        )
+    if loaded.skipped_rows() != manifest["skipped"]:
         return "stale", "the files that cannot be read changed"
-    if now != before:
-        added = len(set(now) - set(before))
-        removed = len(set(before) - set(now))
-        changed = sum(1 for k in set(now) & set(before) if now[k] != before[k])
-        return "stale", f"corpus changed: {added} added, {changed} changed, {removed} removed"
     return "fresh", f"generation {manifest['generation']} matches the corpus"

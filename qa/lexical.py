@@ -67,34 +67,6 @@ class BM25Index:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._retriever.get_scores_from_ids(ids), dtype=np.float32)
 
-    def coverage(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        """IDF-weighted share of the query's terms that each text contains (0 to 1).
-
-        Terms the corpus lacks weigh as much as the rarest known term, so a question about
-        something absent cannot look covered.
-        """
-        terms = sorted(set(tokenize([query])[0]))
-        if not terms or not texts:
-            return np.zeros(len(texts), dtype=np.float32)
-        n = max(self.size, 1)
-        vocab = getattr(self._retriever, "vocab_dict", {})
-        indptr = self._retriever.scores["indptr"] if vocab else None
-        rarest = float(np.log(1 + (n - 1 + 0.5) / 1.5))
-        weights = {}
-        for term in terms:
-            tid = vocab.get(term)
-            if tid is None or indptr is None:
-                weights[term] = rarest
-            else:
-                df = int(indptr[tid + 1] - indptr[tid])
-                weights[term] = float(np.log(1 + (n - df + 0.5) / (df + 0.5)))
-        total = sum(weights.values()) or 1.0
-        out = np.zeros(len(texts), dtype=np.float32)
-        for i, tokens in enumerate(tokenize(texts)):
-            present = set(tokens)
-            out[i] = sum(w for t, w in weights.items() if t in present) / total
-        return out
-
     def save(self, path: Path) -> None:
         target = path / self.DIR_NAME
         target.mkdir(parents=True, exist_ok=True)

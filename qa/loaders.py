@@ -39,6 +39,10 @@ class LoadReport:
     documents: list[Document] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
+    def skipped_rows(self) -> list[dict[str, str]]:
+        """The skipped files as the manifest and build reports list them."""
+        return [{"path": s.path, "reason": s.reason} for s in self.skipped]
+
 
 def load_corpus(corpus_dir: Path) -> LoadReport:
     """Load every supported file below ``corpus_dir`` (hidden files and folders excluded)."""
