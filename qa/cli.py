@@ -391,6 +391,8 @@ def serve(
     from qa.builder import index_freshness
     from qa.engine import spec_from_settings
     from qa.http import create_app
+    from qa.http.observe import configure_logging
+    from qa.http.server import server_config
 
     settings = _settings(ctx)
     with _errors():
@@ -401,11 +403,14 @@ def serve(
             if state != "fresh":
                 err_console.print(f"index {state}: {escape(why)}; building")
                 _print_report(run_build(settings, reuse=state == "stale", wait=True))
-    bind_host = host or settings.host
-    bind_port = port or settings.port
-    err_console.print(f"serving on http://{bind_host}:{bind_port} (OpenAPI at /docs)")
+    # the app knows where it listens: the allowed Host names default from the bind address
+    settings = settings.model_copy(
+        update={"host": host or settings.host, "port": port or settings.port}
+    )
+    err_console.print(f"serving on http://{settings.host}:{settings.port} (OpenAPI at /docs)")
+    configure_logging(settings.log_format)
     app = create_app(settings, watch=watch)
-    uvicorn.run(app, host=bind_host, port=bind_port, log_level="info")
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 from qa.embedder import Embedder, get_embedder
 from qa.errors import IndexNotReady, InvalidRequest, NotFound, QAError
 from qa.index import IndexData, IndexSpec, current_generation_dir, load_current
+from qa.metrics import observe_stage
 from qa.schema import (
     Answer,
     AskResponse,
@@ -146,16 +147,23 @@ class Engine:
             raise IndexNotReady("the index is not loaded yet; try again in a moment")
         vector = self.embedder.embed([question])[0]
         embedded = time.perf_counter()
+        observe_stage("embed", embedded - began)
+        reranked = None
         if self.settings.reranker_model:
             pool = max(top_k, self.settings.rerank_candidates)
-            hits = self._rerank(
-                question, searcher, searcher.search(question, vector, pool, filters)
-            )
-            hits = hits[:top_k]
+            hits = searcher.search(question, vector, pool, filters)
+            searched = time.perf_counter()
+            hits = self._rerank(question, searcher, hits)[:top_k]
+            reranked = time.perf_counter()
+            observe_stage("rerank", reranked - searched)
         else:
             hits = searcher.search(question, vector, top_k, filters)
-        searched = time.perf_counter()
-        return self._respond(question, searcher.data, hits, began, embedded, searched)
+            searched = time.perf_counter()
+        observe_stage("search", searched - embedded)
+        response = self._respond(question, searcher.data, hits, began, embedded, searched)
+        if reranked is not None:
+            response.timings_ms["rerank"] = round((reranked - searched) * 1000, 2)
+        return response
 
     def _rerank(self, question: str, searcher: Searcher, hits: list[Hit]) -> list[Hit]:
         """Reorder hits by the cross-encoder's score, which becomes their score."""

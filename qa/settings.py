@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -76,6 +76,27 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, description="Bearer token for admin endpoints; unset disables them."
     )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Host header names the server answers (comma-separated; '*.example.com' "
+        "matches sub-domains, '*' any). Unset: the loopback names when bound to loopback, "
+        "the bind address and the loopback names otherwise, any host when bound to 0.0.0.0/::.",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's headers."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request's body."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Server log lines as text or as one JSON object per line."
+    )
+    update_jobs_kept: int = Field(
+        100, ge=1, description="Finished update jobs remembered by a running server."
+    )
 
     llm_base_url: str | None = Field(
         None,
@@ -100,6 +121,14 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("QA_EMBEDDING_MODEL must name a model or a path, got an empty value")
         return value.strip()
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            hosts = [h.strip().lower() for h in value.split(",") if h.strip()]
+            return hosts or None
+        return value
 
     @field_validator("llm_base_url", "llm_model")
     @classmethod

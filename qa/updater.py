@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ from qa.builder import BuildReport, build_index
 from qa.embedder import Embedder
 from qa.errors import NotFound, QAError
 from qa.index import IndexSpec
+from qa.metrics import RELOAD_FAILURES, observe_update
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ class Job:
 
 
 class Updater:
-    """Runs one index update at a time in a background thread and remembers its jobs."""
+    """Runs one index update at a time in a background thread and remembers its jobs
+    (the last ``jobs_kept`` finished ones, and the one running)."""
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class Updater:
         spec: IndexSpec,
         keep_generations: int = 2,
         on_success: Callable[[BuildReport], object] | None = None,
+        jobs_kept: int = 100,
     ) -> None:
         self.corpus_dir = corpus_dir
         self.index_dir = index_dir
@@ -61,6 +65,7 @@ class Updater:
         self.spec = spec
         self.keep_generations = keep_generations
         self.on_success = on_success
+        self.jobs_kept = jobs_kept
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._running: Job | None = None
@@ -105,8 +110,11 @@ class Updater:
 
     def _work(self, job: Job) -> None:
         job.state = "running"
+        began = time.perf_counter()
+        report: BuildReport | None = None
         try:
-            job.report = report_dict(self.run())
+            report = self.run()
+            job.report = report_dict(report)
             job.state = "succeeded"
         except QAError as exc:
             job.state, job.error = "failed", exc.message
@@ -116,8 +124,16 @@ class Updater:
             log.exception("index update %s failed", job.id)
         finally:
             job.finished_at = _now()
+            observe_update(
+                time.perf_counter() - began,
+                failed=report is None,
+                chunks=report.chunks if report else 0,
+                wrote=report is not None and not report.up_to_date,
+            )
             with self._lock:
                 self._running = None
+                while len(self._jobs) > self.jobs_kept:  # oldest first (insertion order)
+                    del self._jobs[next(iter(self._jobs))]
                 again, self._rerun = self._rerun, False
             if again:
                 self.start()
@@ -173,8 +189,10 @@ def start_reloader(
                 if check():
                     log.info("switched to a new index generation")
             except QAError as exc:
+                RELOAD_FAILURES.inc()
                 log.error("new index generation not loaded: %s", exc.message)
             except Exception:
+                RELOAD_FAILURES.inc()
                 log.exception("new index generation not loaded")
 
     thread = threading.Thread(target=run, name="qa-reload", daemon=True)

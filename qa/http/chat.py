@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from qa.chat import ROLES, ChatReply, Turn, reply
 from qa.errors import InvalidRequest, UnknownModel
 from qa.http.deps import EngineDep, SynthesizerDep
+from qa.http.errors import BODY, COMMON, errors
+from qa.metrics import observe_stage
 
 MODEL_ID = "qa"
 _STREAM_PIECE = re.compile(r"\S+\s*|\s+")
@@ -29,13 +31,13 @@ WORDS_PER_CHUNK = 4
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: str
     content: str | list[ContentPart] | None = None
 
@@ -43,7 +45,7 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """OpenAI's request body; sampling options (temperature, max_tokens, ...) are ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # "stream": "yes" is not true
     model: str = Field(MODEL_ID, description="Always 'qa'")
     messages: list[ChatMessage] = Field(
         ..., description="The conversation; the last user message is the question"
@@ -160,21 +162,25 @@ def create_chat_router() -> APIRouter:
     started = int(time.time())
     model_card = {"id": MODEL_ID, "object": "model", "created": started, "owned_by": "qa"}
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", responses=errors(*COMMON))
     def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card]}
 
-    @router.get("/v1/models/{model_id}")
+    @router.get("/v1/models/{model_id}", responses=errors(404, *COMMON))
     def get_model(model_id: str) -> dict[str, Any]:
         _check_model(model_id)
         return model_card
 
-    @router.post("/v1/chat/completions", response_model=None)
+    @router.post(
+        "/v1/chat/completions", response_model=None, responses=errors(*BODY, 404, 503, *COMMON)
+    )
     def chat_completions(
         body: ChatCompletionRequest, engine: EngineDep, synthesizer: SynthesizerDep
     ) -> dict[str, Any] | StreamingResponse:
         _check_model(body.model)
         answer = reply(engine, turns_from(body.messages), body.top_k, synthesizer)
+        if "synthesis" in answer.result.timings_ms:
+            observe_stage("synthesis", answer.result.timings_ms["synthesis"] / 1000)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:

@@ -8,15 +8,77 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from qa.errors import QAError
+from qa.errors import QAError, Unauthorized
 
 log = logging.getLogger(__name__)
 
+# The challenge sent with every 401 (RFC 9110 §11.6.1): the admin endpoints take a bearer token.
+BEARER_CHALLENGE = 'Bearer realm="qa"'
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_request")
+    message: str = Field(description="What was wrong and what to do, for a person")
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "The body is not valid JSON",
+    401: f"Missing or wrong bearer token (WWW-Authenticate: {BEARER_CHALLENGE})",
+    403: "Admin endpoints are disabled (QA_ADMIN_TOKEN unset)",
+    404: "Not found",
+    408: "The request body did not arrive within QA_BODY_TIMEOUT",
+    409: "The index is busy or was built with other settings",
+    413: "The request body is larger than QA_MAX_BODY_BYTES",
+    421: "The Host header names no host served here (QA_ALLOWED_HOSTS)",
+    422: "A field is missing, of the wrong type or out of range; the message names it",
+    500: "Internal error (details only in the server log)",
+    503: "The index is not loaded yet",
+}
+# Statuses any route can answer (the middleware's Host check; an unexpected failure)...
+COMMON = (421, 500)
+# ...those of a route that reads a JSON body...
+BODY = (400, 408, 413, 422)
+# ...and of an admin route.
+ADMIN = (401, 403)
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the ErrorBody shape."""
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        for status in sorted(set(statuses))
+    }
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"code": code, "message": message}},
+        headers=headers,
+    )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (routes may share a path: GET and POST
+    /v1/ask are two routes), for the Allow header of a 405."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -41,7 +103,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _qa_error(_: Request, exc: QAError) -> JSONResponse:
         if exc.status_code >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return error_response(exc.status_code, exc.code, exc.message)
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if isinstance(exc, Unauthorized) else None
+        return error_response(exc.status_code, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -52,10 +115,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_request", message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+            message = f"{request.method} is not allowed here; use {headers['Allow']}"
+        if exc.status_code == 401:
+            headers.setdefault("WWW-Authenticate", BEARER_CHALLENGE)
         return error_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
+            exc.status_code, codes.get(exc.status_code, "http_error"), message, headers or None
         )
 
     @app.exception_handler(Exception)
