@@ -60,6 +60,33 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def use_error_shape_in_schema(app: FastAPI) -> None:
+    """FastAPI documents its own ``{"detail": [...]}`` for 422 on every route with
+    parameters; the server sends ErrorBody. Rewrite the generated schema to say so."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            ref = "#/components/schemas/ErrorBody"
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    response = operation.get("responses", {}).get("422")
+                    if response is not None:
+                        response["description"] = _DESCRIPTIONS[422]
+                        response["content"] = {"application/json": {"schema": {"$ref": ref}}}
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            components.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template=ref))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -99,6 +126,7 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    use_error_shape_in_schema(app)
     @app.exception_handler(QAError)
     async def _qa_error(_: Request, exc: QAError) -> JSONResponse:
         if exc.status_code >= 500:
