@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -39,6 +40,8 @@ from qa.documents import Chunk, Document
 from qa.errors import IndexBusy, IndexCorrupt, IndexMismatch, IndexNotReady
 from qa.lexical import BM25Index
 from qa.store import FaissStore
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers
 CURRENT_FILE = "CURRENT"
@@ -133,7 +136,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def checkpoint(stage: str) -> None:
     """Fault-injection point for crash tests: with QA_TEST_PAUSE_AT=<stage> in the
-    environment the process says so on stderr and stops there, to be killed."""
+    environment the process says so on stderr and stops there, to be killed; with
+    QA_TEST_TRACE=1 it writes ``reached <stage>`` at every stage and goes on."""
+    if os.environ.get("QA_TEST_TRACE"):
+        sys.stderr.write(f"reached {stage}\n")
+        sys.stderr.flush()
     if os.environ.get("QA_TEST_PAUSE_AT") == stage:
         sys.stderr.write(f"paused at {stage}\n")
         sys.stderr.flush()
@@ -169,11 +176,14 @@ def index_lock(index_dir: Path, *, wait: bool = False) -> Iterator[None]:
     fh = (index_dir / LOCK_FILE).open("a+")
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise IndexBusy(
-                f"another build or update of {index_dir} is running; try again when it ends"
-            ) from None
+            if not wait:
+                raise IndexBusy(
+                    f"another build or update of {index_dir} is running; try again when it ends"
+                ) from None
+            log.warning("another build or update of %s is running; waiting for it", index_dir)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         yield
     finally:
         fh.close()

@@ -9,6 +9,7 @@ from qa.builder import build_index, index_freshness
 from qa.engine import Engine, spec_from_settings
 from qa.errors import IndexBusy, IndexCorrupt, IndexMismatch, IndexNotReady
 from qa.index import (
+    FORMAT_VERSION,
     current_generation_dir,
     index_lock,
     list_generations,
@@ -177,4 +178,11 @@ def test_engine_reports_the_generation_it_serves(
 
 def test_manifest_is_plain_json(settings: Settings, fake_embedder: FakeEmbedder) -> None:
     report = build(settings, fake_embedder)
-    json.loads((report.path / "manifest.json").read_text("utf-8"))
+    manifest = json.loads((report.path / "manifest.json").read_text("utf-8"))
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["generation"] == report.generation
+    assert manifest["model"] == {"id": "fake-embedder", "dimension": fake_embedder.dimension}
+    assert manifest["counts"]["documents"] == report.documents == len(manifest["documents"])
+    assert manifest["counts"]["chunks"] == report.chunks
+    on_disk = {p.relative_to(report.path).as_posix() for p in report.path.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk - {"manifest.json"}

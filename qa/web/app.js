@@ -192,8 +192,30 @@
     return body;
   }
 
+  // A document id names a document, never a path to walk: "." and ".." segments (which
+  // the URL parser would resolve, even percent-encoded, into another API route) and empty
+  // segments are refused before anything is fetched.
+  function badDocId(docId) {
+    if (!docId) return "The link names no document.";
+    if (docId.split("/").some((part) => part === "" || part === "." || part === "..")) {
+      return `The link's document id '${docId}' is not a document id (it has an empty, '.' or '..' part).`;
+    }
+    return null;
+  }
+
   function documentUrl(docId) {
     return `/v1/documents/${docId.split("/").map(encodeURIComponent).join("/")}`;
+  }
+
+  function isDocument(doc) {
+    return (
+      doc !== null &&
+      typeof doc === "object" &&
+      typeof doc.text === "string" &&
+      typeof doc.title === "string" &&
+      typeof doc.path === "string" &&
+      typeof doc.sha256 === "string"
+    );
   }
 
   // ---------------------------------------------------------------- messages
@@ -394,18 +416,20 @@
     ui.docNote.hidden = true;
     ui.docText.replaceChildren();
     say("Opening the document…");
-    let doc;
     try {
-      doc = await api(documentUrl(docId));
+      const bad = badDocId(docId);
+      if (bad) throw new ShownError(bad, "Open documents from an answer's citations.");
+      const doc = await api(documentUrl(docId));
+      if (seq !== navigation) return;
+      if (!isDocument(doc)) throw new ShownError("The server's answer is not a document.");
+      renderDocument(doc, start, end, version);
     } catch (err) {
       if (seq !== navigation) return;
       ui.docTitle.textContent = "The document could not be opened";
+      ui.docText.replaceChildren();
       say("");
-      showError(err);
-      return;
+      showError(err instanceof ShownError ? err : new ShownError("The document could not be shown.", String(err)));
     }
-    if (seq !== navigation) return;
-    renderDocument(doc, start, end, version);
   }
 
   function renderDocument(doc, start, end, version) {

@@ -298,6 +298,41 @@ def test_bad_links_explain_themselves(server: Server, tab: Tab) -> None:
     assert cited_text(page) == text[0:56]
 
 
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        "#doc=..%2Findex&start=0&end=5",  # /v1/documents/../index would be /v1/index
+        "#doc=..&start=0&end=5",
+        "#doc=%2E%2E%2F%2E%2E%2Fhealthz",  # percent-encoded dots resolve the same way
+        "#doc=notes%2F..%2F..%2Fmodels",
+        "#doc=&start=0&end=5",
+    ],
+)
+def test_a_link_that_walks_out_of_the_documents_says_so(
+    server: Server, tab: Tab, fragment: str
+) -> None:
+    page = tab.page
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(urlsplit(request.url).path))
+    page.goto(server.url + "/" + fragment)
+    expect(page.locator("#doc-title")).to_have_text("The document could not be opened")
+    expect(page.get_by_role("alert")).to_contain_text("The link")
+    expect(page.locator("#doc-text")).to_be_empty()
+    assert not [p for p in requested if p.startswith("/v1/")], requested
+
+
+def test_an_answer_that_is_not_a_document_is_an_error_not_a_hang(server: Server, tab: Tab) -> None:
+    page = tab.page
+    # the server answers 200 with JSON that is not a document: the page must say so
+    page.route(
+        "**/v1/documents/odd.md",
+        lambda route: route.fulfill(status=200, content_type="application/json", body="{}"),
+    )
+    page.goto(server.url + doc_link("odd.md", 0, 5))
+    expect(page.locator("#doc-title")).to_have_text("The document could not be opened")
+    expect(page.get_by_role("alert")).to_contain_text("not a document")
+
+
 # ---------------------------------------------------------------------- keyboard, screen readers
 
 
