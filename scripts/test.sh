@@ -23,3 +23,5 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
+echo "== schemathesis (fuzzing the running server from its OpenAPI schema)"
+.venv/bin/python scripts/fuzz.py --max-examples "${QA_FUZZ_EXAMPLES:-15}"

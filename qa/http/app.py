@@ -48,7 +48,11 @@ class AskFilters(BaseModel):
 class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # top_k: true is not 1
 
-    question: str = Field(..., description="The question, 1 to 2,000 characters")
+    question: str = Field(
+        ...,
+        description="The question, 1 to 2,000 characters (QA_MAX_QUESTION_CHARS), not blank",
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
+    )
     top_k: int | None = Field(
         None, ge=1, le=50, description="How many passages to return (1-50; QA_TOP_K if unset)"
     )

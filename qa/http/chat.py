@@ -38,7 +38,8 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
-    role: str
+    # checked in turns_from, with a message naming the message's index
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})
     content: str | list[ContentPart] | None = None
 
 

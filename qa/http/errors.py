@@ -73,6 +73,16 @@ def use_error_shape_in_schema(app: FastAPI) -> None:
             ref = "#/components/schemas/ErrorBody"
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        # an optional parameter is omitted, never null: a query string
+                        # cannot carry a null, so the schema should not offer one
+                        options = parameter.get("schema", {}).get("anyOf")
+                        if options and {"type": "null"} in options and len(options) == 2:
+                            kept = next(o for o in options if o != {"type": "null"})
+                            parameter["schema"] = {
+                                **{k: v for k, v in parameter["schema"].items() if k != "anyOf"},
+                                **kept,
+                            }
                     response = operation.get("responses", {}).get("422")
                     if response is not None:
                         response["description"] = _DESCRIPTIONS[422]

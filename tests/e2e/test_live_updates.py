@@ -43,6 +43,13 @@ def wait_for(predicate, timeout: float = 90) -> bool:
     return False
 
 
+def reload_failures(server: Server) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("qa_reload_failures_total "):
+            return float(line.split()[1])
+    raise AssertionError("qa_reload_failures_total is not in /metrics")
+
+
 def generation(server: Server) -> int:
     return int(httpx.get(f"{server.url}/v1/index").json()["generation"])
 
@@ -131,8 +138,10 @@ def test_corrupted_generation_is_not_served(watched: Server, tmp_path: Path) -> 
     shutil.copytree(index / current, broken)
     vectors = broken / "vectors.faiss"
     vectors.write_bytes(vectors.read_bytes()[:100])
+    failures = reload_failures(watched)
     (index / "CURRENT").write_text(broken.name + "\n")
-    time.sleep(1.5)
+    # the server found the new generation, failed to load it, and says so in its metrics
+    assert wait_for(lambda: reload_failures(watched) == failures + 1, timeout=30)
     body = httpx.post(f"{watched.url}/v1/ask", json={"question": "NATO"}).json()
     assert body["index"]["generation"] == before, "the server kept the good generation"
     (index / "CURRENT").write_text(current + "\n")
