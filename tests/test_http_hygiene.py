@@ -329,3 +329,17 @@ def test_index_status_shows_no_paths_or_job_ids_without_the_token(
 def client(engine: Engine) -> Iterator[TestClient]:
     with TestClient(create_app(engine.settings, engine, load=False)) as c:
         yield c
+
+
+def test_an_internal_error_carries_the_headers_and_request_id(
+    client: TestClient, engine: Engine, monkeypatch
+) -> None:
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(engine, "ask", boom)
+    resp = client.post("/v1/ask", json={"question": "NATO"}, headers={"X-Request-ID": "oops-1"})
+    assert_error(resp, 500, "server log")
+    assert "secret" not in resp.text
+    assert resp.headers["x-request-id"] == "oops-1"
+    assert resp.headers["x-content-type-options"] == "nosniff"

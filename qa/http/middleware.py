@@ -115,6 +115,7 @@ class GuardMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = True
                 out = list(message.get("headers", []))
                 names = {k.lower() for k, _ in out}
                 out.append((b"x-request-id", rid.encode()))
@@ -160,7 +161,18 @@ class GuardMiddleware:
                     close=True,
                 )
                 return
-            await self.app(scope, body_receive, send_with_headers)
+            try:
+                await self.app(scope, body_receive, send_with_headers)
+            except Exception:
+                # Answered here rather than by Starlette's outermost error middleware, so
+                # that a 500 carries the request id and the headers like any response.
+                if status_holder.get("started"):
+                    raise
+                logging.getLogger("qa.http").exception("unexpected error")
+                await self._reply(
+                    send_with_headers,
+                    *_json_error(500, "internal_error", "internal error; see the server log"),
+                )
         finally:
             self._record(scope, status_holder["status"], time.perf_counter() - began)
             request_id.reset(token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -131,3 +132,26 @@ def test_cli_eval_json_on_a_small_beir_set(server: Server, tmp_path: Path) -> No
     assert result["ndcg@10"] == 1.0
     bad = run_qa(env, "eval", str(tmp_path / "nothing"), check=False)
     assert bad.returncode == 1 and "corpus.jsonl" in bad.stderr
+
+
+def test_the_served_process_refuses_foreign_hosts_and_logs_request_ids(server: Server) -> None:
+    """`qa serve` itself (not only the app in a test client): Host check, request id in
+    the response and in its log, metrics after requests."""
+    hostile = httpx.get(f"{server.url}/v1/documents", headers={"Host": "attacker.example"})
+    assert hostile.status_code == 421
+    assert hostile.json()["error"]["code"] == "misdirected_request"
+    resp = httpx.get(f"{server.url}/v1/documents", headers={"X-Request-ID": "e2e-trace-1"})
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == "e2e-trace-1"
+    port = server.url.rsplit(":", 1)[1]
+    log = Path(server.env["QA_INDEX_DIR"]).parent / f"server-{port}.log"
+    deadline = time.monotonic() + 10
+    while "[e2e-trace-1]" not in log.read_text("utf-8", errors="replace"):
+        assert time.monotonic() < deadline, "the request's log line never came"
+        time.sleep(0.1)
+    line = next(
+        x for x in log.read_text("utf-8", errors="replace").splitlines() if "[e2e-trace-1]" in x
+    )
+    assert "GET '/v1/documents' 200" in line
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'qa_http_requests_total{method="GET",route="/v1/documents",status="200"}' in metrics
+    assert 'qa_http_requests_total{method="GET",route="<unmatched>",status="421"}' in metrics
