@@ -295,7 +295,10 @@ def create_app(
     )
     def ask_get(
         engine: EngineDep,
-        question: Annotated[str, Query(description="The question")],
+        question: Annotated[
+            str,
+            Query(description="The question", json_schema_extra={"minLength": 1, "pattern": r"\S"}),
+        ],
         top_k: Annotated[int | None, Query(ge=1, le=50)] = None,
         doc_id: Annotated[list[str] | None, Query(description="Only these documents")] = None,
         path_prefix: Annotated[str | None, Query()] = None,

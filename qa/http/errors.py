@@ -137,6 +137,7 @@ def _describe(error: dict[str, Any]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     use_error_shape_in_schema(app)
+
     @app.exception_handler(QAError)
     async def _qa_error(_: Request, exc: QAError) -> JSONResponse:
         if exc.status_code >= 500:
