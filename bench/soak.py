@@ -8,9 +8,9 @@
    (45 %), ``POST /v1/chat/completions`` (25 %, one in three streamed), ``GET /v1/documents``
    and ``GET /v1/documents/{id}`` (30 %). Any status other than 200, or a transport error,
    is a failed request.
-3. Every ``--update-every`` seconds one document is edited (or a new one added) and an
-   update is started through ``POST /v1/index/update``; the update must succeed and the
-   new generation must answer.
+3. ``--update-every`` seconds after the previous update ended, one document is edited (or
+   a new one added) and an update is started through ``POST /v1/index/update``; the update
+   must succeed and the new generation must answer.
 4. The server's resident memory (VmRSS of its process) is sampled every 5 s. Memory is
    flat when the median of the last minute is within 10 % of the median of the first.
 
