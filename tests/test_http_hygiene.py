@@ -75,6 +75,16 @@ def test_mcp_post_with_a_hostile_host_gets_the_same_answer(loopback: TestClient)
     assert_error(resp, 421, "attacker.example")
 
 
+def test_mcp_serves_an_allowed_host_in_any_case(loopback: TestClient) -> None:
+    resp = loopback.post(
+        "/mcp",
+        headers={"Host": "LocalHost:8000", "Accept": "application/json, text/event-stream"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == 1
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LOCALHOST"])
 def test_loopback_names_are_served(loopback: TestClient, host: str) -> None:
     resp = loopback.get("/v1/documents", headers={"Host": host})

@@ -85,7 +85,8 @@ def host_allowed(name: str, patterns: list[str]) -> bool:
 
 
 def _json_error(status: int, code: str, message: str) -> tuple[int, bytes]:
-    return status, json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = {"error": {"code": code, "message": message}}
+    return status, json.dumps(body, separators=(",", ":")).encode()
 
 
 class BodyTooLarge(Exception):
@@ -140,6 +141,10 @@ class GuardMiddleware:
                     ),
                 )
                 return
+            # one spelling of the Host downstream (the MCP SDK compares it case-sensitively)
+            scope["headers"] = [
+                (k, v.lower()) if k == b"host" else (k, v) for k, v in scope["headers"]
+            ]
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 await self._too_large(send_with_headers)
