@@ -22,6 +22,7 @@ from qa.chunker import Chunker
 from qa.documents import Chunk, Document
 from qa.embedder import Embedder
 from qa.errors import QAError
+from qa.extraction import CorpusLimits
 from qa.index import (
     BuildPayload,
     IndexData,
@@ -192,6 +193,7 @@ def build_index(
     loaded: LoadReport | None = None,
     skip_if_unchanged: bool = False,
     wait: bool = False,
+    limits: CorpusLimits | None = None,
 ) -> BuildReport:
     """Index ``corpus_dir`` (or the documents already ``loaded``) into a new generation of
     ``index_dir`` and put it in service.
@@ -199,6 +201,7 @@ def build_index(
     With ``reuse`` the generation in service supplies the chunks of unchanged documents and
     the vectors of unchanged texts; with ``skip_if_unchanged`` nothing is written when the
     corpus matches it. A second build at the same time is refused (or waits, with ``wait``).
+    Files are read within ``limits`` (default: the settings'; see qa.extraction).
     """
     if loaded is None and not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
@@ -210,7 +213,7 @@ def build_index(
                 previous = load_current(index_dir, spec)
             except QAError as exc:
                 log.info("not reusing the previous index: %s", exc.message)
-        loaded = loaded or load_corpus(corpus_dir)
+        loaded = loaded or load_corpus(corpus_dir, limits)
         checkpoint("loaded")
         documents = loaded.documents
         skipped = loaded.skipped_rows()
@@ -296,8 +299,11 @@ def build_index(
     )
 
 
-def index_freshness(corpus_dir: Path, index_dir: Path, spec: IndexSpec) -> tuple[str, str]:
-    """("fresh" | "missing" | "mismatch" | "stale" | "corrupt", why) for the index in service."""
+def index_freshness(
+    corpus_dir: Path, index_dir: Path, spec: IndexSpec, limits: CorpusLimits | None = None
+) -> tuple[str, str]:
+    """("fresh" | "missing" | "mismatch" | "stale" | "corrupt", why) for the index in service.
+    The corpus is read as a build reads it, within ``limits``."""
     from qa.errors import IndexCorrupt, IndexMismatch, IndexNotReady
     from qa.index import check_spec, current_generation_dir, read_manifest
 
@@ -313,7 +319,7 @@ def index_freshness(corpus_dir: Path, index_dir: Path, spec: IndexSpec) -> tuple
         return "corrupt", exc.message
     if not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
-    loaded = load_corpus(corpus_dir)
+    loaded = load_corpus(corpus_dir, limits)
     diff = diff_documents(
         {k: v["sha256"] for k, v in manifest["documents"].items()},
         {d.doc_id: d.sha256 for d in loaded.documents},

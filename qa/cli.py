@@ -128,6 +128,7 @@ def run_build(
 ) -> BuildReport:
     from qa.builder import build_index
     from qa.engine import embedder_from_settings, spec_from_settings
+    from qa.extraction import CorpusLimits
 
     progress, start_task = _embedding_progress(quiet)
     with progress:
@@ -141,6 +142,7 @@ def run_build(
             reuse=reuse,
             skip_if_unchanged=skip_if_unchanged,
             wait=wait,
+            limits=CorpusLimits.from_settings(settings),
         )
 
 
@@ -242,12 +244,16 @@ def index_status(
     """Show the generation in service and whether it matches the corpus."""
     from qa.builder import index_freshness
     from qa.engine import spec_from_settings
+    from qa.extraction import CorpusLimits
     from qa.index import current_generation_dir, read_manifest
 
     settings = _settings(ctx)
     with _errors():
         state, why = index_freshness(
-            Path(settings.corpus_dir), Path(settings.index_dir), spec_from_settings(settings)
+            Path(settings.corpus_dir),
+            Path(settings.index_dir),
+            spec_from_settings(settings),
+            CorpusLimits.from_settings(settings),
         )
         gen_dir = current_generation_dir(Path(settings.index_dir))
         manifest = read_manifest(gen_dir) if gen_dir and state != "corrupt" else None
@@ -390,6 +396,7 @@ def serve(
 
     from qa.builder import index_freshness
     from qa.engine import spec_from_settings
+    from qa.extraction import CorpusLimits
     from qa.http import create_app
     from qa.http.observe import configure_logging
     from qa.http.server import server_config
@@ -398,7 +405,10 @@ def serve(
     with _errors():
         if build:
             state, why = index_freshness(
-                Path(settings.corpus_dir), Path(settings.index_dir), spec_from_settings(settings)
+                Path(settings.corpus_dir),
+                Path(settings.index_dir),
+                spec_from_settings(settings),
+                CorpusLimits.from_settings(settings),
             )
             if state != "fresh":
                 err_console.print(f"index {state}: {escape(why)}; building")

@@ -12,8 +12,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qa.documents import Document
+
+if TYPE_CHECKING:
+    from qa.extraction import CorpusLimits, Extractor
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +48,29 @@ class LoadReport:
         return [{"path": s.path, "reason": s.reason} for s in self.skipped]
 
 
-def load_corpus(corpus_dir: Path) -> LoadReport:
-    """Load every supported file below ``corpus_dir`` (hidden files and folders excluded)."""
-    report = LoadReport()
+def load_corpus(
+    corpus_dir: Path, limits: CorpusLimits | None = None, extractor: Extractor | None = None
+) -> LoadReport:
+    """Load every supported file below ``corpus_dir`` (hidden files and folders excluded).
+
+    Nothing outside the corpus is read (qa.corpus_files) and each file is read within
+    ``limits`` by ``extractor``'s worker process (qa.extraction; default: the settings'
+    limits and the process-wide extractor). What cannot be read is skipped with the reason.
+    """
+    from qa.corpus_files import discover
+    from qa.extraction import CorpusLimits, shared_extractor
+
+    limits = limits or CorpusLimits.from_settings()
+    extractor = extractor or shared_extractor()
+    found = discover(corpus_dir, SUFFIXES, follow_external=limits.follow_external_symlinks)
+    report = LoadReport(skipped=[Skipped(rel, reason) for rel, reason in found.skipped])
     seen: set[str] = set()
-    for path in iter_corpus_files(corpus_dir):
-        rel = path.relative_to(corpus_dir).as_posix()
+    for file in found.files:
         try:
-            docs = list(load_file(path, rel))
+            docs = extractor.extract(file, found.root, limits)
         except SkipFile as exc:
-            log.warning("skipped %s: %s", rel, exc)
-            report.skipped.append(Skipped(rel, str(exc)))
-            continue
-        except Exception as exc:  # a broken file must never stop the build
-            log.warning("skipped %s: %s: %s", rel, type(exc).__name__, exc)
-            report.skipped.append(Skipped(rel, f"{type(exc).__name__}: {exc}"))
+            log.warning("skipped %s: %s", file.rel, exc)
+            report.skipped.append(Skipped(file.rel, str(exc)))
             continue
         for doc in docs:
             if doc.doc_id in seen:
@@ -66,16 +78,8 @@ def load_corpus(corpus_dir: Path) -> LoadReport:
                 continue
             seen.add(doc.doc_id)
             report.documents.append(doc)
+    report.skipped.sort(key=lambda s: (s.path, s.reason))
     return report
-
-
-def iter_corpus_files(corpus_dir: Path) -> Iterator[Path]:
-    for path in sorted(corpus_dir.rglob("*")):
-        rel_parts = path.relative_to(corpus_dir).parts
-        if any(part.startswith(".") for part in rel_parts):
-            continue
-        if path.is_file() and path.suffix.lower() in SUFFIXES:
-            yield path
 
 
 def load_file(path: Path, rel: str) -> Iterator[Document]:

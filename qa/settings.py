@@ -43,6 +43,43 @@ class Settings(BaseSettings):
         32, ge=0, description="Overlap between consecutive chunks, in word pieces."
     )
 
+    # The corpus is untrusted input: nothing outside it is read, every file's cost is bounded.
+    follow_external_symlinks: bool = Field(
+        False,
+        description="Follow symlinks whose target lies outside QA_CORPUS_DIR (skipped and "
+        "reported when false).",
+    )
+    max_file_mb: float = Field(
+        50, gt=0, description="Files larger than this (MB, from stat) are skipped unread."
+    )
+    max_text_chars: int = Field(
+        10_000_000, ge=1, description="Most characters of text extracted from one file."
+    )
+    max_unzipped_mb: float = Field(
+        200,
+        gt=0,
+        description="Most bytes a .docx may inflate to (MB, from the zip's central directory, "
+        "checked before inflating).",
+    )
+    max_zip_ratio: float = Field(
+        100,
+        gt=1,
+        description="Highest compression ratio of a zip member over 1 MB (checked before "
+        "inflating).",
+    )
+    max_pdf_pages: int = Field(2000, ge=1, description="PDFs with more pages are skipped.")
+    max_html_depth: int = Field(
+        512, ge=1, le=900, description="HTML nested deeper than this many elements is skipped."
+    )
+    extract_timeout: float = Field(
+        60.0, gt=0, description="Seconds one file may take to read; then its reader is stopped."
+    )
+    extract_memory_mb: int = Field(
+        2048,
+        ge=256,
+        description="Address-space cap (MB) of the process that reads files (POSIX).",
+    )
+
     top_k: int = Field(5, ge=1, le=50, description="Passages returned when a request omits it.")
     candidates: int = Field(
         100, ge=1, description="Candidates each retriever contributes before fusion."

@@ -15,6 +15,7 @@ from typing import Any
 from qa.builder import BuildReport, build_index
 from qa.embedder import Embedder
 from qa.errors import NotFound, QAError
+from qa.extraction import CorpusLimits
 from qa.index import IndexSpec
 from qa.metrics import RELOAD_FAILURES, observe_update
 
@@ -58,6 +59,7 @@ class Updater:
         keep_generations: int = 2,
         on_success: Callable[[BuildReport], object] | None = None,
         jobs_kept: int = 100,
+        limits: CorpusLimits | None = None,
     ) -> None:
         self.corpus_dir = corpus_dir
         self.index_dir = index_dir
@@ -66,6 +68,7 @@ class Updater:
         self.keep_generations = keep_generations
         self.on_success = on_success
         self.jobs_kept = jobs_kept
+        self.limits = limits
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._running: Job | None = None
@@ -80,6 +83,7 @@ class Updater:
             self.spec,
             keep_generations=self.keep_generations,
             skip_if_unchanged=True,
+            limits=self.limits,
         )
         if self.on_success is not None:
             try:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qa.engine import Engine, filters_from, spec_from_settings
 from qa.errors import Forbidden, QAError, Unauthorized
+from qa.extraction import CorpusLimits
 from qa.http.chat import create_chat_router
 from qa.http.deps import EngineDep, get_engine
 from qa.http.errors import ADMIN, BODY, COMMON, error_response, errors, install_error_handlers
@@ -188,6 +189,7 @@ def create_app(
         keep_generations=settings.keep_generations,
         on_success=lambda _: engine.reload_if_changed(),
         jobs_kept=settings.update_jobs_kept,
+        limits=CorpusLimits.from_settings(settings),
     )
     synthesizer = Synthesizer.from_settings(settings)
     mcp = build_mcp_server(engine)
