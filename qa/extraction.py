@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 RATIO_MIN_MEMBER = MB  # members smaller than this may have any ratio (they cost nothing)
+STARTUP_S = 60.0  # how long a new reader process may take to import its modules
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ def extract_file(path: Path, rel: str, root: Path, limits: CorpusLimits) -> list
             f"file is {_mb(st.st_size)}, over the {_mb(limits.max_file_bytes)} limit "
             f"(QA_MAX_FILE_MB); not read"
         )
-    check = _CHECKS.get(real.suffix.lower())  # the suffix load_file dispatches on
+    check = _CHECKS.get(Path(rel).suffix.lower())  # the suffix load_file dispatches on
     if check is not None:
         check(real, limits)
     documents: list[Document] = []
@@ -294,6 +295,15 @@ class Extractor:
         )
         self._memory = memory_bytes
         self.starts += 1
+        # the time limit of a file starts once the worker is up (imports can be slow)
+        assert self._proc.stdout is not None
+        try:
+            fd = self._proc.stdout.fileno()
+            size = int.from_bytes(_read_exact(fd, 8, time.monotonic() + STARTUP_S), "big")
+            _read_exact(fd, size, time.monotonic() + STARTUP_S)
+        except (TimeoutError, EOFError, OSError):
+            self._stop()
+            raise SkipFile("the reader process did not start") from None
         return self._proc
 
     def _stop(self) -> int | None:
@@ -402,6 +412,8 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
     for module in sys.argv[2:]:
         importlib.import_module(module)
     _set_memory_cap(memory_bytes)
+    ready = b'{"ready": true}'
+    channel.write(len(ready).to_bytes(8, "big") + ready)
     for line in sys.stdin.buffer:
         request = json.loads(line.decode("utf-8", "surrogateescape"))
         limits = CorpusLimits(**request["limits"])

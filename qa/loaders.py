@@ -83,8 +83,9 @@ def load_corpus(
 
 
 def load_file(path: Path, rel: str) -> Iterator[Document]:
-    """Documents of one file; raises SkipFile with the reason when it cannot be read."""
-    suffix = path.suffix.lower()
+    """Documents of the file at ``path``, read as the type ``rel`` (its path in the corpus)
+    names; raises SkipFile with the reason when it cannot be read."""
+    suffix = Path(rel).suffix.lower()  # a link is read as what its name says
     if suffix in TEXT_SUFFIXES:
         yield _load_text(path, rel, markdown=suffix != ".txt")
     elif suffix in HTML_SUFFIXES:
