@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 RATIO_MIN_MEMBER = MB  # members smaller than this may have any ratio (they cost nothing)
+PIPE_BUDGET = 32 * 1024  # bytes of requests in flight (a pipe buffers 64 KiB)
 STARTUP_S = 60.0  # how long a new reader process may take to import its modules
 
 
@@ -245,21 +247,36 @@ def _memory_reason(limits: CorpusLimits) -> str:
     )
 
 
-def _read_exact(fd: int, n: int, deadline: float) -> bytes:
-    """``n`` bytes from ``fd``; TimeoutError at ``deadline``, EOFError if it closes."""
-    parts: list[bytes] = []
-    while n:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError
-        data = os.read(fd, min(n, 1 << 20))
-        if not data:
-            raise EOFError
-        parts.append(data)
-        n -= len(data)
-    return b"".join(parts)
+class _Replies:
+    """Length-prefixed messages from the worker's pipe, read in large chunks (one system
+    call often brings several replies)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def _fill(self, n: int, deadline: float) -> None:
+        """At least ``n`` bytes buffered; TimeoutError at ``deadline``, EOFError if the
+        pipe closes."""
+        while len(self.buffer) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise TimeoutError
+            data = os.read(self.fd, 1 << 20)
+            if not data:
+                raise EOFError
+            self.buffer += data
+
+    def next(self, deadline: float) -> bytes:
+        self._fill(8, deadline)
+        end = 8 + int.from_bytes(self.buffer[:8], "big")
+        self._fill(end, deadline)
+        body = bytes(self.buffer[8:end])
+        del self.buffer[:end]
+        return body
 
 
+_GONE = "the reader process ended before it could read the file"
 _WORKER_CODE = "from qa.extraction import _worker_main; _worker_main()"
 
 
@@ -273,6 +290,7 @@ class Extractor:
         self.preload = tuple(preload)
         self.starts = 0  # worker processes started, for tests and benchmarks
         self._proc: subprocess.Popen[bytes] | None = None
+        self._replies = _Replies(-1)
         self._memory = 0
         self._lock = threading.Lock()
 
@@ -297,10 +315,9 @@ class Extractor:
         self.starts += 1
         # the time limit of a file starts once the worker is up (imports can be slow)
         assert self._proc.stdout is not None
+        self._replies = _Replies(self._proc.stdout.fileno())
         try:
-            fd = self._proc.stdout.fileno()
-            size = int.from_bytes(_read_exact(fd, 8, time.monotonic() + STARTUP_S), "big")
-            _read_exact(fd, size, time.monotonic() + STARTUP_S)
+            self._replies.next(time.monotonic() + STARTUP_S)
         except (TimeoutError, EOFError, OSError):
             self._stop()
             raise SkipFile("the reader process did not start") from None
@@ -325,40 +342,86 @@ class Extractor:
             self._stop()
 
     def extract(self, file: CorpusFile, root: Path, limits: CorpusLimits) -> list[Document]:
-        """The documents of ``file`` (see :func:`extract_file`), read in the worker within
-        ``limits.timeout_s`` seconds and ``limits.memory_bytes`` of address space. Raises
-        SkipFile with the reason, including for a timeout or a crash of the reader."""
-        request = {
-            "path": str(file.path),
-            "rel": file.rel,
-            "root": str(root),
-            "limits": asdict(limits),
-        }
-        line = json.dumps(request).encode("utf-8", "surrogateescape") + b"\n"
+        """The documents of ``file`` (see :meth:`extract_many`); raises SkipFile."""
+        ((_, result),) = self.extract_many([file], root, limits)
+        if isinstance(result, SkipFile):
+            raise result
+        return result
+
+    def extract_many(
+        self, files: Sequence[CorpusFile], root: Path, limits: CorpusLimits
+    ) -> list[tuple[CorpusFile, list[Document] | SkipFile]]:
+        """Each file's documents (see :func:`extract_file`) or the SkipFile saying why not,
+        in order. Each file is read in the worker within ``limits.timeout_s`` seconds and
+        ``limits.memory_bytes`` of address space; a timeout or a crash of the reader skips
+        that file only. Requests are pipelined (the worker never waits for the next file),
+        and a file's time starts when the worker can start on it (the previous reply)."""
+        results: list[tuple[CorpusFile, list[Document] | SkipFile]] = []
+        pending: deque[tuple[CorpusFile, bytes]] = deque()
+        lim = asdict(limits)
+        for file in files:
+            request = {"path": str(file.path), "rel": file.rel, "root": str(root), "limits": lim}
+            line = json.dumps(request).encode("utf-8", "surrogateescape") + b"\n"
+            pending.append((file, line))
+        sent: deque[tuple[CorpusFile, bytes]] = deque()
+        in_flight = 0  # bytes of the requests in ``sent``
         with self._lock:
-            proc = self._worker(limits.memory_bytes)
-            assert proc.stdin is not None and proc.stdout is not None
-            deadline = time.monotonic() + limits.timeout_s
             try:
-                proc.stdin.write(line)
-                header = _read_exact(proc.stdout.fileno(), 8, deadline)
-                body = _read_exact(proc.stdout.fileno(), int.from_bytes(header, "big"), deadline)
-            except TimeoutError:
-                self._stop()
-                log.warning("stopped the reader of %s after %g s", file.rel, limits.timeout_s)
-                raise SkipFile(_timeout_reason(limits)) from None
-            except (EOFError, OSError):
-                code = self._stop()
-                if code is not None and code < 0:
-                    how = f"killed by signal {signal.Signals(-code).name}"
-                else:
-                    how = f"exit status {code}"
-                raise SkipFile(f"the reader process ended while reading the file ({how})") from None
-            reply: dict[str, Any] = json.loads(body.decode("utf-8", "surrogatepass"))
-            if reply.get("restart"):
-                self._stop()
+                while pending or sent:
+                    proc = self._worker(limits.memory_bytes)
+                    assert proc.stdin is not None and proc.stdout is not None
+                    # keep the requests in flight well under a pipe's buffer: the worker
+                    # may be blocked writing a reply while we write
+                    while pending and (not sent or in_flight + len(pending[0][1]) < PIPE_BUDGET):
+                        item = pending.popleft()
+                        try:
+                            proc.stdin.write(item[1])
+                        except OSError:  # the worker is gone; its reply says what it was on
+                            if not sent:
+                                self._stop()
+                                results.append((item[0], SkipFile(_GONE)))
+                            else:
+                                pending.appendleft(item)
+                            break
+                        in_flight += len(item[1])
+                        sent.append(item)
+                    if not sent:
+                        continue
+                    file = sent[0][0]
+                    results.append((file, self._reply(proc, file, limits)))
+                    in_flight -= len(sent.popleft()[1])
+                    if self._proc is None:  # the worker was stopped: send the rest again
+                        pending.extendleft(reversed(sent))
+                        sent.clear()
+                        in_flight = 0
+            finally:
+                if sent:  # replies we will not read must not reach the next caller
+                    self._stop()
+        return results
+
+    def _reply(
+        self, proc: subprocess.Popen[bytes], file: CorpusFile, limits: CorpusLimits
+    ) -> list[Document] | SkipFile:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + limits.timeout_s
+        try:
+            body = self._replies.next(deadline)
+        except TimeoutError:
+            self._stop()
+            log.warning("stopped the reader of %s after %g s", file.rel, limits.timeout_s)
+            return SkipFile(_timeout_reason(limits))
+        except (EOFError, OSError):
+            code = self._stop()
+            if code is not None and code < 0:
+                how = f"killed by signal {signal.Signals(-code).name}"
+            else:
+                how = f"exit status {code}"
+            return SkipFile(f"the reader process ended while reading the file ({how})")
+        reply: dict[str, Any] = json.loads(body.decode("utf-8", "surrogatepass"))
+        if reply.get("restart"):
+            self._stop()
         if not reply["ok"]:
-            raise SkipFile(str(reply["reason"]))
+            return SkipFile(str(reply["reason"]))
         return [
             Document(
                 doc_id=d["doc_id"],
@@ -366,6 +429,7 @@ class Extractor:
                 title=d["title"],
                 text=d["text"],
                 page_starts=tuple(d["page_starts"]),
+                sha256=d["sha256"],
             )
             for d in reply["documents"]
         ]
@@ -433,6 +497,7 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
                         "title": d.title,
                         "text": d.text,
                         "page_starts": list(d.page_starts),
+                        "sha256": d.sha256,
                     }
                     for d in docs
                 ],

@@ -65,12 +65,10 @@ def load_corpus(
     found = discover(corpus_dir, SUFFIXES, follow_external=limits.follow_external_symlinks)
     report = LoadReport(skipped=[Skipped(rel, reason) for rel, reason in found.skipped])
     seen: set[str] = set()
-    for file in found.files:
-        try:
-            docs = extractor.extract(file, found.root, limits)
-        except SkipFile as exc:
-            log.warning("skipped %s: %s", file.rel, exc)
-            report.skipped.append(Skipped(file.rel, str(exc)))
+    for file, docs in extractor.extract_many(found.files, found.root, limits):
+        if isinstance(docs, SkipFile):
+            log.warning("skipped %s: %s", file.rel, docs)
+            report.skipped.append(Skipped(file.rel, str(docs)))
             continue
         for doc in docs:
             if doc.doc_id in seen:
