@@ -8,10 +8,11 @@
    a 20 MB deeply nested .html, a 20 MB flat .html (about 15 million characters of
    text), a 5,000-page PDF, and symlinks out of the corpus (/etc/passwd, a file and a folder
    beside it), a broken and a looping link and a link inside it.
-2. Runs `qa index build` on it (fake-free: the bundled model) while sampling the resident
-   memory of the whole process tree (the build and its reader process) every 20 ms from
-   /proc; prints the peak, the time and every skipped file with its reason (and kills a
-   build that passes ``--stop-at-mb``, as qa before these limits did).
+2. Runs `qa index build` on it (the bundled model) and then `qa index status`, each while
+   sampling the resident memory of its whole process tree (the command and its reader
+   process) every 20 ms from /proc; prints the peak, the time and every skipped file with
+   its reason (and kills a command that passes ``--stop-at-mb``, as qa before these limits
+   needed).
 3. Times loading the default corpus and a generated 2,000-file corpus (bench.updates) with
    the reader process against reading each file in the build process (`extract_file`, the
    same checks without the process), medians of ``--runs``.
@@ -101,13 +102,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def measure_build(corpus: Path, index: Path, limit_mb: int) -> None:
-    # this checkout's qa (the venv's `qa` script may import another checkout's)
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, QA_CORPUS_DIR=str(corpus), QA_INDEX_DIR=str(index), PYTHONPATH=path)
+def run_measured(args: list[str], env: dict[str, str], limit_mb: int) -> tuple[int, str]:
+    """Run `python -m qa ARGS` from this checkout, print its time and the peak resident
+    memory of its process tree; return its exit status and output."""
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qa", "index", "build"],
+        [sys.executable, "-m", "qa", *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -116,15 +116,25 @@ def measure_build(corpus: Path, index: Path, limit_mb: int) -> None:
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
-        if peak > limit_mb * MB:  # a shared machine: stop a runaway build
+        if peak > limit_mb * MB:  # a shared machine: stop a runaway process
             proc.kill()
-            print(f"stopped the build at {peak / MB:,.0f} MB")
+            print(f"stopped at {peak / MB:,.0f} MB")
         time.sleep(0.02)
     seconds = time.perf_counter() - began
     out = proc.stdout.read().decode() if proc.stdout else ""
-    print(f"qa index build: exit {proc.returncode}, {seconds:.1f} s")
-    print(f"peak resident memory of the build and its reader process: {peak / MB:,.0f} MB")
-    if proc.returncode:
+    print(
+        f"qa {' '.join(args)}: exit {proc.returncode}, {seconds:.1f} s, peak resident memory "
+        f"of the process and its reader process {peak / MB:,.0f} MB"
+    )
+    return proc.returncode, out
+
+
+def measure_build(corpus: Path, index: Path, limit_mb: int) -> None:
+    # this checkout's qa (the venv's `qa` script may import another checkout's)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, QA_CORPUS_DIR=str(corpus), QA_INDEX_DIR=str(index), PYTHONPATH=path)
+    code, out = run_measured(["index", "build"], env, limit_mb)
+    if code:
         print(out[-3000:])
         return
     manifest = json.loads(next(index.glob("gen-*/manifest.json")).read_text("utf-8"))
@@ -132,6 +142,9 @@ def measure_build(corpus: Path, index: Path, limit_mb: int) -> None:
     print("skipped:")
     for row in manifest["skipped"]:
         print(f"  {row['path']}: {row['reason']}")
+    code, out = run_measured(["index", "status"], env, limit_mb)
+    states = ("fresh", "stale", "missing", "mismatch", "corrupt")
+    print(next((line for line in out.splitlines() if line.startswith(states)), out[-500:]))
 
 
 def _cpu_of(pid: int) -> float:
