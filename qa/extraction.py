@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 RATIO_MIN_MEMBER = MB  # members smaller than this may have any ratio (they cost nothing)
 PIPE_BUDGET = 32 * 1024  # bytes of requests in flight (a pipe buffers 64 KiB)
+RECYCLE_BYTES = 256 * MB  # a worker left holding more than this is replaced
 STARTUP_S = 60.0  # how long a new reader process may take to import its modules
 
 
@@ -282,7 +283,8 @@ _WORKER_CODE = "from qa.extraction import _worker_main; _worker_main()"
 
 class Extractor:
     """Reads corpus files in one worker process that is reused across files and replaced
-    after a file that exceeded the time or memory limit (or crashed it). Thread-safe: one
+    after a file that exceeded the time or memory limit (or crashed it, or left it holding
+    over 256 MB). Thread-safe: one
     file at a time. ``preload`` names modules the worker imports first (tests use it to
     install a reader that hangs)."""
 
@@ -449,6 +451,14 @@ def shared_extractor() -> Extractor:
         return _shared
 
 
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - no /proc
+        return 0
+
+
 def _set_memory_cap(memory_bytes: int) -> None:
     try:
         import resource
@@ -511,6 +521,8 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
         except Exception as exc:  # a broken file must never stop the build
             reply = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
         signal.alarm(0)
+        if _resident_bytes() > RECYCLE_BYTES:  # memory a big file left behind goes too
+            reply["restart"] = True
         data = json.dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass")
         channel.write(len(data).to_bytes(8, "big") + data)
 

@@ -206,6 +206,17 @@ def test_a_file_that_exhausts_the_memory_cap_or_crashes_the_reader_is_skipped(
     assert [d.doc_id for d in loaded.documents] == ["a.txt", "z.txt"]
 
 
+def test_a_worker_left_holding_much_memory_is_replaced(tmp_path: Path) -> None:
+    corpus = corpus_with(tmp_path / "c", "a.txt", "keep.txt", "z.txt")
+    extractor = Extractor(preload=["tests.hostile_readers"])
+    try:
+        loaded = load_corpus(corpus, CorpusLimits(), extractor)
+    finally:
+        extractor.close()
+    assert [d.doc_id for d in loaded.documents] == ["a.txt", "keep.txt", "z.txt"]
+    assert extractor.starts == 2
+
+
 def test_one_worker_reads_every_file(corpus_dir: Path) -> None:
     extractor = Extractor()
     try:
