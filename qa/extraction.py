@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from qa.corpus_files import OUTSIDE, CorpusFile, inside
 from qa.documents import Document
+from qa.errors import QAError
 from qa.loaders import SkipFile, load_file
 
 if TYPE_CHECKING:
@@ -284,9 +285,9 @@ _WORKER_CODE = "from qa.extraction import _worker_main; _worker_main()"
 class Extractor:
     """Reads corpus files in one worker process that is reused across files and replaced
     after a file that exceeded the time or memory limit (or crashed it, or left it holding
-    over 256 MB). Thread-safe: one
-    file at a time. ``preload`` names modules the worker imports first (tests use it to
-    install a reader that hangs)."""
+    over 256 MB). Thread-safe: one file at a time. ``preload`` names modules the worker
+    imports first (tests use it to install a reader that hangs). Raises QAError when the
+    worker cannot start at all."""
 
     def __init__(self, *, preload: Sequence[str] = ()) -> None:
         self.preload = tuple(preload)
@@ -322,7 +323,10 @@ class Extractor:
             self._replies.next(time.monotonic() + STARTUP_S)
         except (TimeoutError, EOFError, OSError):
             self._stop()
-            raise SkipFile("the reader process did not start") from None
+            raise QAError(
+                f"the process that reads corpus files did not start within {STARTUP_S:g} s "
+                f"({sys.executable} -c {_WORKER_CODE!r}); see the errors above"
+            ) from None
         return self._proc
 
     def _stop(self) -> int | None:
