@@ -134,6 +134,7 @@ def _settings(tmp_path: Path, corpus: Path) -> Settings:
         cache_dir=tmp_path / "cache",
         embedding_model="fake-embedder",
         min_score=0.05,
+        allowed_hosts=["testserver"],  # Starlette's TestClient sends Host: testserver
     )
 
 
