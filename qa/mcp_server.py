@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import anyio.to_thread
 from mcp import MCPError
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.shared.uri_template import UriTemplate
+from mcp.server.mcpserver.resources.templates import ResourceSecurity
 from mcp_types import INTERNAL_ERROR
 from mcp_types import Resource as MCPResource
 from pydantic import Field
@@ -24,7 +25,7 @@ from qa.errors import QAError
 from qa.schema import AskResponse, DocumentText
 
 DOCUMENT_URI = "qa://documents/{+doc_id}"
-_DOCUMENT_TEMPLATE = UriTemplate.parse(DOCUMENT_URI)
+_DOCUMENT_PREFIX = "qa://documents/"
 
 INSTRUCTIONS = (
     "Searches a fixed collection of documents. Call `search` with a question to get the "
@@ -35,7 +36,15 @@ INSTRUCTIONS = (
 
 
 def document_uri(doc_id: str) -> str:
-    return _DOCUMENT_TEMPLATE.expand({"doc_id": doc_id})
+    """``qa://documents/<doc_id>`` with every character but ``/`` and RFC 3986's unreserved
+    ones percent-encoded (UTF-8), so that ``#``, ``?``, ``%``, spaces and non-ASCII letters
+    survive the trip: ``report#2.txt`` → ``qa://documents/report%232.txt``.
+
+    RFC 6570's own ``{+doc_id}`` expansion would keep ``#`` and ``?`` (which then end the
+    path) and pass ``%41`` through (which then decodes to ``A``); the template's match
+    percent-decodes the path once, which inverts this encoding exactly.
+    """
+    return _DOCUMENT_PREFIX + quote(doc_id, safe="/")
 
 
 @contextmanager
@@ -115,6 +124,9 @@ def build_mcp_server(engine: Engine) -> QAMCPServer:
         title="Document text",
         description="The text of a document in the index; qa://documents/<doc_id>.",
         mime_type="text/plain",
+        # doc_id is only a key into the index, never a filesystem path: a BEIR row id may
+        # hold ".." or look like "C:x" and must still be readable.
+        security=ResourceSecurity(exempt_params={"doc_id"}),
     )
     def document(doc_id: str) -> str:
         try:
