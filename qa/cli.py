@@ -15,7 +15,6 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,6 +31,7 @@ from rich.text import Text
 from qa.builder import BuildReport, ProgressFactory
 from qa.errors import QAError
 from qa.settings import Settings
+from qa.terminal import json_for_terminal, plain, shown
 
 app = typer.Typer(
     help="Question answering over your documents, with passages and exact citations.",
@@ -50,6 +50,13 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings
 
 
+class _SafeRichHandler(RichHandler):
+    """Log lines name files and documents: their control characters are shown escaped."""
+
+    def render_message(self, record: logging.LogRecord, message: str) -> Any:
+        return super().render_message(record, plain(message))
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -65,7 +72,7 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        handlers=[_SafeRichHandler(console=err_console, show_path=False, show_time=False)],
     )
     overrides: dict[str, Any] = {}
     if corpus_dir is not None:
@@ -77,7 +84,7 @@ def main(
     try:
         ctx.obj = Settings(**overrides)
     except ValidationError as exc:
-        err_console.print(f"[red]error:[/red] invalid setting: {escape(str(exc))}")
+        err_console.print(Text.assemble(("error:", "red"), " invalid setting: ", shown(str(exc))))
         raise typer.Exit(2) from None
 
 
@@ -86,7 +93,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except QAError as exc:
-        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        err_console.print(Text.assemble(("error:", "red"), " ", shown(exc.message)))
         raise typer.Exit(1) from None
 
 
@@ -165,10 +172,12 @@ def _print_report(report: BuildReport) -> None:
         f"unchanged {report.unchanged}"
     )
     for old, new in report.renamed:
-        console.print(f"renamed {escape(old)} → {escape(new)}")
+        console.print(Text.assemble("renamed ", shown(old), " → ", shown(new)))
     for skipped in report.skipped:
         console.print(
-            f"[yellow]skipped[/yellow] {escape(skipped['path'])}: {escape(skipped['reason'])}"
+            Text.assemble(
+                ("skipped", "yellow"), " ", shown(skipped["path"]), ": ", shown(skipped["reason"])
+            )
         )
 
 
@@ -225,7 +234,7 @@ def index_watch(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     with _errors():
         _print_report(run_build(settings, skip_if_unchanged=True, wait=True))
-    console.print(f"watching {settings.corpus_dir} (Ctrl-C to stop)")
+    console.print(Text.assemble("watching ", shown(str(settings.corpus_dir)), " (Ctrl-C to stop)"))
     stop = threading.Event()
     try:
         for n in watch_changes(Path(settings.corpus_dir), settings.watch_debounce_ms, stop):
@@ -271,7 +280,7 @@ def index_status(
         print(json.dumps(info, indent=2))
         return
     color = "green" if state == "fresh" else "yellow"
-    console.print(f"[{color}]{state}[/{color}]: {escape(why)}")
+    console.print(Text.assemble((state, color), ": ", shown(why)))
     if manifest:
         table = Table(show_header=False, box=None)
         table.add_row("generation", str(manifest["generation"]))
@@ -304,30 +313,37 @@ def ask(
         engine.load()
         result = engine.ask(question, top_k, filters_from(doc_id, path_prefix))
     if as_json:
-        print(result.model_dump_json(indent=2))
+        print(json_for_terminal(result.model_dump_json(indent=2)))
         return
+    # Document text is untrusted: it reaches the terminal only through shown() (controls
+    # escaped, never parsed as markup); see qa/terminal.py.
     if result.answer is None:
-        console.print(f"[yellow]{escape(result.message or '')}[/yellow]")
+        console.print(shown(result.message or "", "yellow"))
     else:
-        console.print(f"[bold]Answer:[/bold] {escape(result.answer.text)}\n")
+        console.print(Text.assemble(("Answer:", "bold"), " ", shown(result.answer.text), "\n"))
     for p in result.passages:
         c = p.citation
         where = f"{c.path}:{c.line_start}-{c.line_end}"
         if c.page:
             where += f" (page {c.page})"
         console.print(
-            f"[bold cyan][{p.rank}][/bold cyan] {escape(c.title)} — {escape(where)} "
-            f"chars {c.start}-{c.end}  score {p.score:.3f}"
+            Text.assemble(
+                (f"[{p.rank}]", "bold cyan"),
+                " ",
+                shown(c.title),
+                " — ",
+                shown(where),
+                f" chars {c.start}-{c.end}  score {p.score:.3f}",
+            )
         )
         rel_s, rel_e = p.highlight.start - c.start, p.highlight.end - c.start
-        text = (
-            escape(p.text[:rel_s])
-            + "[reverse]"
-            + escape(p.text[rel_s:rel_e])
-            + "[/reverse]"
-            + escape(p.text[rel_e:])
+        console.print(
+            Text.assemble(
+                shown(p.text[:rel_s]),
+                shown(p.text[rel_s:rel_e], "reverse"),
+                shown(p.text[rel_e:]),
+            )
         )
-        console.print(text, highlight=False)
         console.print()
 
 
@@ -411,7 +427,7 @@ def serve(
                 CorpusLimits.from_settings(settings),
             )
             if state != "fresh":
-                err_console.print(f"index {state}: {escape(why)}; building")
+                err_console.print(Text.assemble(f"index {state}: ", shown(why), "; building"))
                 _print_report(run_build(settings, reuse=state == "stale", wait=True))
     # the app knows where it listens: the allowed Host names default from the bind address
     settings = settings.model_copy(
