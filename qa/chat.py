@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from qa.conversation import Rewrite, rewrite
+from qa.conversation import Rewrite, answer_text, rewrite
 from qa.engine import ABSTAIN_MESSAGE, Engine
 from qa.errors import InvalidRequest
 from qa.schema import AskResponse, Citation, NumberedCitation, Passage
@@ -48,6 +48,19 @@ def user_questions(turns: Sequence[Turn]) -> list[str]:
     if not questions:
         raise InvalidRequest("messages must include at least one message with role 'user'")
     return questions
+
+
+def assistant_answers(turns: Sequence[Turn]) -> list[str]:
+    """The assistant's reply to each user turn ("" where none, or where it abstained)."""
+    answers: list[str] = []
+    for turn in turns:
+        if turn.role == "user":
+            answers.append("")
+        elif turn.role == "assistant" and answers:
+            text = answer_text(turn.content)
+            if text and text != ABSTAIN_MESSAGE:
+                answers[-1] = f"{answers[-1]}\n{text}".strip()
+    return answers
 
 
 def source_line(marker: int, citation: Citation) -> str:
@@ -88,9 +101,18 @@ def reply(
     """Answer the last user turn; earlier user turns resolve follow-ups."""
     questions = user_questions(turns)
     question = engine.validate_question(questions[-1])
-    rw = rewrite([*questions[:-1], question])
+    answers = assistant_answers(turns)
+    rw = rewrite([*questions[:-1], question], answers)
+    timings: dict[str, float] = {}
+    if synthesizer is not None and synthesizer.rewrites and len(questions) > 1:
+        began = time.perf_counter()
+        standalone = synthesizer.standalone(questions[:-1], answers[:-1], question)
+        timings["rewrite"] = round((time.perf_counter() - began) * 1000, 2)
+        if standalone is not None:
+            rw = replace(rw, query=standalone, rewritten_by=f"llm:{synthesizer.model}")
     query = rw.query[: engine.settings.max_question_chars]
-    result = engine.ask(query, top_k)
+    result = engine.ask(query, top_k, focus=rw.focus)
+    result.timings_ms.update(timings)
     if result.abstained or result.answer is None:
         return ChatReply(
             text=ABSTAIN_MESSAGE,

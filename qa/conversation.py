@@ -13,6 +13,14 @@ earlier question(s):
 * an **anaphora** (it, they, them, this, those, "that" as a pronoun, ...) points back: the
   question + the content words of the previous (resolved) question.
 
+An ellipsis or an anaphora has no subject of its own, so it also carries the content words
+of the previous turn's answer, when the caller gives the answers: "how do I restart it?"
+after "Which toner does the printer on floor 5 use?" / "The printer on floor 5 uses toner
+cartridge CF-259X." carries "printer floor 5 ... CF-259X", which names the floor 5 section.
+Such a query finds the right passage, but its carried words would also pick the sentence
+that answered the earlier turn; so a follow-up with words of its own ("restart") also has a
+``focus``, its own words, by which the answering sentence is chosen.
+
 Anything else is a standalone question and is searched as asked.
 """
 
@@ -86,6 +94,8 @@ class Rewrite:
     question: str
     query: str
     kind: FollowUpKind
+    focus: str | None = None  # what the answering sentence should match, when not the query
+    rewritten_by: str = "rules"  # or "llm:<model>"
 
     @property
     def follow_up(self) -> bool:
@@ -117,6 +127,8 @@ def _anaphoric(tokens: list[str]) -> bool:
             nxt = lowered[i + 1] if i + 1 < len(lowered) else None
             if nxt is None or nxt in _THAT_PRONOUN_NEXT:
                 return True
+            if i + 2 == len(lowered) and nxt not in STOPWORDS:
+                return True  # "how do I restart that printer?": a demonstrative, pointing back
             continue
         if word == "there" and i == len(lowered) - 1 and i > 0:
             return True  # "what happened there?"
@@ -167,15 +179,32 @@ def _join(own: str, carried: Sequence[str]) -> str:
     return " ".join([own.strip(), *content_words(own), *extra]).strip()
 
 
-def rewrite(questions: Sequence[str]) -> Rewrite:
-    """The standalone query for the last of ``questions`` (the user's turns, oldest first)."""
+_SOURCES = re.compile(r"\n\s*Sources:\s*\n.*", re.DOTALL)
+_MARKERS = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+
+
+def answer_text(reply: str) -> str:
+    """The answer part of an assistant reply: without its Sources list and ``[n]`` markers."""
+    return _MARKERS.sub("", _SOURCES.sub("", reply)).strip()
+
+
+def rewrite(questions: Sequence[str], answers: Sequence[str] = ()) -> Rewrite:
+    """The standalone query for the last of ``questions`` (the user's turns, oldest first).
+
+    ``answers[i]``, when given, is the assistant's reply to ``questions[i]`` ("" for none);
+    an ellipsis or anaphora carries the content words of the reply to the turn before it
+    (after those of that turn's question; :data:`MAX_CARRIED_WORDS` in all).
+    Raises ValueError when ``questions`` is empty.
+    """
     if not questions:
         raise ValueError("rewrite needs at least one question")
     base = ""  # the last standalone question: what a substitution replaces part of
     previous = ""  # the resolved query of the previous turn: what a pronoun points to
+    previous_answer = ""  # the reply to the previous turn: what a pronoun may point into
     result = Rewrite(questions[0], questions[0], "standalone")
-    for question in questions:
+    for i, question in enumerate(questions):
         kind, own = classify(question)
+        focus = None
         if not previous:
             kind = "standalone"
         if kind == "standalone":
@@ -184,10 +213,14 @@ def rewrite(questions: Sequence[str]) -> Rewrite:
         elif kind == "substitution":
             query = _join(own, content_words(base))
         else:
-            query = _join(own, content_words(previous))
+            carried = content_words(f"{previous}\n{answer_text(previous_answer)}")
+            query = _join(own, carried)
+            if kind == "anaphora" and content_words(own):
+                focus = own.strip()
         previous = query
-        result = Rewrite(question, query, kind)
+        previous_answer = answers[i] if i < len(answers) else ""
+        result = Rewrite(question, query, kind, focus)
     return result
 
 
-__all__ = ["Rewrite", "classify", "content_words", "rewrite"]
+__all__ = ["Rewrite", "answer_text", "classify", "content_words", "rewrite"]

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from qa.embedder import Embedder, get_embedder
 from qa.errors import IndexNotReady, InvalidRequest, NotFound, QAError
 from qa.index import IndexData, IndexSpec, current_generation_dir, load_current
@@ -136,7 +138,14 @@ class Engine:
         question: str,
         top_k: int | None = None,
         filters: Filters | None = None,
+        focus: str | None = None,
     ) -> AskResponse:
+        """Passages for ``question``, best first, and the sentence that answers it.
+
+        ``focus`` (chat follow-ups, see qa.conversation) picks the answering sentence in
+        each passage instead of ``question``, which then only finds the passages.
+        Raises InvalidRequest (bad question or top_k) and IndexNotReady.
+        """
         began = time.perf_counter()
         question = self.validate_question(question)
         top_k = self.settings.top_k if top_k is None else top_k
@@ -151,19 +160,34 @@ class Engine:
         reranked = None
         if self.settings.reranker_model:
             pool = max(top_k, self.settings.rerank_candidates)
-            hits = searcher.search(question, vector, pool, filters)
+            hits = self._search(searcher, question, vector, pool, filters, focus)
             searched = time.perf_counter()
             hits = self._rerank(question, searcher, hits)[:top_k]
             reranked = time.perf_counter()
             observe_stage("rerank", reranked - searched)
         else:
-            hits = searcher.search(question, vector, top_k, filters)
+            hits = self._search(searcher, question, vector, top_k, filters, focus)
             searched = time.perf_counter()
         observe_stage("search", searched - embedded)
         response = self._respond(question, searcher.data, hits, began, embedded, searched)
         if reranked is not None:
             response.timings_ms["rerank"] = round((reranked - searched) * 1000, 2)
         return response
+
+    def _search(
+        self,
+        searcher: Searcher,
+        question: str,
+        vector: np.ndarray,
+        k: int,
+        filters: Filters | None,
+        focus: str | None,
+    ) -> list[Hit]:
+        """The searcher's hits; with ``focus``, each hit's answering sentence is its best."""
+        hits = searcher.search(question, vector, k, filters, highlight=focus is None)
+        if focus is not None:
+            searcher._highlight(focus, self.embedder.embed([focus])[0], hits)
+        return hits
 
     def _rerank(self, question: str, searcher: Searcher, hits: list[Hit]) -> list[Hit]:
         """Reorder hits by the cross-encoder's score, which becomes their score."""

@@ -152,6 +152,13 @@ class Settings(BaseSettings):
         "answer is returned.",
     )
 
+    llm_rewrite: bool = Field(
+        True,
+        description="With QA_LLM_BASE_URL set, the model also rewrites each chat follow-up "
+        "into a standalone question before retrieval; on failure or timeout the rule-based "
+        "rewrite is used. false keeps the rule-based rewrite only.",
+    )
+
     @field_validator("embedding_model")
     @classmethod
     def _model_not_blank(cls, value: str) -> str:

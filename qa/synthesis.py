@@ -5,6 +5,10 @@ Any OpenAI-compatible server works (vLLM, Ollama, llama.cpp, ...): one ``POST
 and must cite them as ``[n]``; markers that name no retrieved passage are removed. When the
 call fails, times out, returns something unusable or cites nothing, the caller keeps the
 extractive answer and the reason is logged.
+
+The same model also rewrites a chat follow-up ("how do I restart it?") into a standalone
+question from the conversation so far (:meth:`Synthesizer.standalone`); on failure, timeout
+or an unusable reply the caller keeps the rule-based rewrite of qa.conversation.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ SYSTEM_PROMPT = (
     "sentences. If the passages do not answer the question, reply exactly: The documents do "
     "not cover this question."
 )
+
+REWRITE_PROMPT = (
+    "You rewrite the last question of a conversation so that it can be understood without "
+    "the conversation: replace pronouns and references (it, they, that one, there) with "
+    "what they refer to in the earlier questions and answers, and keep everything else as "
+    "the user asked it. Do not answer it. Reply with the rewritten question only, on one "
+    "line."
+)
+EARLIER_TURNS_FOR_REWRITE = 3
+ANSWER_CHARS_FOR_REWRITE = 600
+_REWRITE_LABEL = re.compile(r"^(?:standalone|rewritten)?\s*question\s*:\s*", re.IGNORECASE)
 
 _MARKER_GROUP = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 
@@ -85,6 +100,48 @@ def build_messages(
     ]
 
 
+def build_rewrite_messages(
+    questions: Sequence[str], answers: Sequence[str], question: str
+) -> list[dict[str, str]]:
+    """The chat messages asking for a standalone form of ``question``.
+
+    ``questions``/``answers``: the earlier user turns and the assistant's reply to each
+    (answers without Sources and markers; "" for none), oldest first; the last
+    :data:`EARLIER_TURNS_FOR_REWRITE` are sent, each answer cut to
+    :data:`ANSWER_CHARS_FOR_REWRITE` characters.
+    """
+    lines = []
+    pairs = list(zip(questions, [*answers, *[""] * len(questions)], strict=False))
+    for asked, answered in pairs[-EARLIER_TURNS_FOR_REWRITE:]:
+        lines.append(f"User: {asked.strip()}")
+        if answered.strip():
+            lines.append(f"Assistant: {answered.strip()[:ANSWER_CHARS_FOR_REWRITE]}")
+    conversation = "\n".join(lines)
+    return [
+        {"role": "system", "content": REWRITE_PROMPT},
+        {
+            "role": "user",
+            "content": f"Conversation:\n{conversation}\n\nLast question: {question.strip()}",
+        },
+    ]
+
+
+def clean_rewrite(text: str, max_chars: int) -> str:
+    """The model's standalone question, or SynthesisFailed saying why it is unusable.
+
+    Surrounding quotes and a leading "Standalone question:" label are removed; the result
+    must be one line of 1..``max_chars`` characters holding a letter or digit.
+    """
+    cleaned = _REWRITE_LABEL.sub("", text.strip()).strip().strip("\"'`“”‘’").strip()
+    if not cleaned or not re.search(r"\w", cleaned):
+        raise SynthesisFailed(f"the rewrite holds no words: {text[:200]!r}")
+    if "\n" in cleaned or "\r" in cleaned:
+        raise SynthesisFailed(f"the rewrite is more than one line: {text[:200]!r}")
+    if len(cleaned) > max_chars:
+        raise SynthesisFailed(f"the rewrite is {len(cleaned)} characters, over {max_chars}")
+    return cleaned
+
+
 class SynthesisFailed(Exception):
     """The model's answer cannot be used; the message says why (for the log)."""
 
@@ -98,6 +155,8 @@ class Synthesizer:
         self.url = f"{settings.llm_base_url}/chat/completions"
         self.model = settings.llm_model
         self.timeout = settings.llm_timeout
+        self.rewrites = settings.llm_rewrite
+        self.max_question_chars = settings.max_question_chars
         headers = {}
         if settings.llm_api_key is not None:
             headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
@@ -135,6 +194,30 @@ class Synthesizer:
             return None
         return Synthesis(text=cleaned, cited=cited, model=self.model)
 
+    def standalone(
+        self, questions: Sequence[str], answers: Sequence[str], question: str
+    ) -> str | None:
+        """``question`` rewritten by the model to stand alone, or None (reason logged).
+
+        ``questions`` and ``answers`` are the earlier turns (see build_rewrite_messages).
+        Never raises for the model's failures: HTTP errors, timeouts (QA_LLM_TIMEOUT) and
+        unusable replies all return None, and the caller keeps the rule-based rewrite.
+        """
+        try:
+            text = self._complete(build_rewrite_messages(questions, answers, question))
+            return clean_rewrite(text, self.max_question_chars)
+        except httpx.TimeoutException:
+            reason = f"no answer within {self.timeout}s"
+        except (httpx.HTTPError, SynthesisFailed) as exc:
+            reason = str(exc) or type(exc).__name__
+        log.warning(
+            "language model at %s could not rewrite the follow-up (%s); "
+            "using the rule-based rewrite",
+            self.url,
+            reason,
+        )
+        return None
+
     def _complete(self, messages: list[dict[str, str]]) -> str:
         body = {"model": self.model, "messages": messages, "temperature": 0, "stream": False}
         response = self._client.post(self.url, json=body)
@@ -152,4 +235,11 @@ class Synthesizer:
         return content
 
 
-__all__ = ["Synthesis", "Synthesizer", "build_messages", "clean_markers"]
+__all__ = [
+    "Synthesis",
+    "Synthesizer",
+    "build_messages",
+    "build_rewrite_messages",
+    "clean_markers",
+    "clean_rewrite",
+]

@@ -59,6 +59,22 @@ def cites_passage_one_and_invents_seven(request: dict[str, Any]) -> Reply:
     )
 
 
+def is_rewrite(request: dict[str, Any]) -> bool:
+    """Whether qa asks for a standalone form of a follow-up (not for an answer)."""
+    return "Last question:" in request["messages"][-1]["content"]
+
+
+def rewrites_to(
+    standalone: str, answer: Behaviour = cites_passage_one_and_invents_seven
+) -> Behaviour:
+    """Rewrites any follow-up to ``standalone``; answers other requests with ``answer``."""
+
+    def behaviour(request: dict[str, Any]) -> Reply:
+        return completion(standalone) if is_rewrite(request) else answer(request)
+
+    return behaviour
+
+
 class LLMServer:
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour

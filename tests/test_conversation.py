@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from qa.conversation import classify, content_words, rewrite
+from qa.conversation import answer_text, classify, content_words, rewrite
 
 LEAD = "Which countries lead the partnership talks with NATO?"
 
@@ -128,3 +128,82 @@ def test_content_words_drop_stopwords_and_repeats_and_keep_order() -> None:
 def test_rewrite_needs_a_question() -> None:
     with pytest.raises(ValueError, match="at least one"):
         rewrite([])
+
+
+# ------------------------------------------------- follow-ups that point into the answer
+
+PRINTER_QUESTION = "Which toner does the printer on floor 5 use?"
+PRINTER_REPLY = (
+    "The printer on floor 5 uses toner cartridge CF-259X. [1]\n\n"
+    "Sources:\n- [1] Printers — printers.md, lines 7-9"
+)
+
+
+def test_a_pronoun_carries_the_subject_of_the_question_and_its_answer() -> None:
+    rw = rewrite([PRINTER_QUESTION, "how do I restart it?"], [PRINTER_REPLY])
+    assert rw.kind == "anaphora"
+    assert rw.query.startswith("how do I restart it?")
+    assert {"printer", "floor", "5", "CF-259X", "cartridge"} <= set(rw.query.split())
+    assert "Sources" not in rw.query and "printers.md" not in rw.query and "[1]" not in rw.query
+    # the carried words find the floor 5 passage; the follow-up's own words pick its answer
+    assert rw.focus == "how do I restart it?"
+
+
+def test_the_subject_may_be_only_in_the_answer() -> None:
+    """A general rule, not printers: the earlier question asked *which*; the answer named it."""
+    rw = rewrite(
+        ["Which team maintains the billing service?", "how do I reach them?"],
+        ["The payments team in Oslo maintains the billing service. [1]"],
+    )
+    assert rw.kind == "anaphora" and rw.focus == "how do I reach them?"
+    assert {"payments", "Oslo", "billing"} <= set(rw.query.split())
+
+
+def test_an_ellipsis_carries_the_answer_too_but_keeps_the_query_for_the_answer() -> None:
+    rw = rewrite(["Who maintains the billing service?", "why?"], ["The payments team. [1]"])
+    assert rw.kind == "ellipsis" and rw.focus is None
+    assert {"billing", "payments"} <= set(rw.query.split())
+
+
+def test_a_substitution_does_not_carry_the_answer() -> None:
+    rw = rewrite([PRINTER_QUESTION, "and floor 3?"], [PRINTER_REPLY])
+    assert rw.kind == "substitution" and rw.focus is None
+    assert "CF-259X" not in rw.query and rw.query.startswith("floor 3")
+
+
+def test_a_standalone_question_ignores_the_answer() -> None:
+    question = "Which toner does the printer on floor 3 use?"
+    rw = rewrite([PRINTER_QUESTION, question], [PRINTER_REPLY])
+    assert (rw.kind, rw.query, rw.focus) == ("standalone", question, None)
+
+
+def test_the_answer_to_the_turn_before_is_the_one_carried() -> None:
+    rw = rewrite(
+        ["Which toner does the printer on floor 3 use?", PRINTER_QUESTION, "how do I restart it?"],
+        ["The printer on floor 3 uses toner cartridge TN-2420. [1]", PRINTER_REPLY],
+    )
+    assert "CF-259X" in rw.query.split() and "TN-2420" not in rw.query.split()
+
+
+def test_that_before_a_last_noun_points_back() -> None:
+    assert classify("and how do I restart that printer?")[0] == "anaphora"
+    assert classify("Which document says that China is a threat?")[0] == "standalone"
+
+
+def test_carried_answer_words_are_bounded_too() -> None:
+    long_answer = " ".join(f"fact{i}" for i in range(200)) + "."
+    rw = rewrite(["Which facts matter?", "how do I check them?"], [long_answer])
+    own = "how do I check them?"
+    assert len(rw.query.split()) <= len(own.split(" ")) + 1 + 20
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        (PRINTER_REPLY, "The printer on floor 5 uses toner cartridge CF-259X."),
+        ("A [1][2] and B [1, 3].", "A  and B ."),
+        ("No sources here.", "No sources here."),
+    ],
+)
+def test_answer_text_drops_sources_and_markers(reply: str, answer: str) -> None:
+    assert answer_text(reply) == answer

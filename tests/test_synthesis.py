@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from qa.engine import Engine
+from qa.builder import build_index
+from qa.engine import Engine, spec_from_settings
 from qa.http import create_app
 from qa.schema import Passage
 from qa.settings import Settings
-from qa.synthesis import Synthesizer, build_messages, clean_markers
+from qa.synthesis import (
+    REWRITE_PROMPT,
+    Synthesizer,
+    build_messages,
+    build_rewrite_messages,
+    clean_markers,
+)
 from tests.llm_server import (
     LLMServer,
     Reply,
     cites_passage_one_and_invents_seven,
     completion,
+    is_rewrite,
     passages_in,
+    rewrites_to,
 )
 
 QUESTION = "how long does the dough proof"
@@ -190,3 +201,153 @@ def test_chat_falls_back_to_the_extractive_answer_on_timeout(
     assert body["choices"][0]["message"]["content"].startswith(extractive.text + "\n\nSources:")
     assert body["qa"]["written_by"] == "extractive"
     assert "did not answer within 0.5s" in caplog.text
+
+
+# ---------------------------------------------------------------- rewriting a follow-up
+
+PRINTER_QUESTION = "Which toner does the printer on floor 5 use?"
+PRINTER_ANSWER = "The printer on floor 5 uses toner cartridge CF-259X."
+FOLLOW_UP = "how do I restart it?"
+STANDALONE = "How do I restart the printer on floor 5?"
+CASE = Path(__file__).parent / "data" / "cases" / "followup-into-answer"
+
+
+def test_the_rewrite_prompt_holds_the_conversation_and_the_last_question() -> None:
+    messages = build_rewrite_messages([PRINTER_QUESTION], [PRINTER_ANSWER], FOLLOW_UP)
+    assert messages[0] == {"role": "system", "content": REWRITE_PROMPT}
+    assert messages[1]["content"] == (
+        f"Conversation:\nUser: {PRINTER_QUESTION}\nAssistant: {PRINTER_ANSWER}\n\n"
+        f"Last question: {FOLLOW_UP}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply", "standalone"),
+    [
+        (STANDALONE, STANDALONE),
+        (f'"{STANDALONE}"', STANDALONE),
+        (f"Standalone question: {STANDALONE}\n", STANDALONE),
+    ],
+)
+def test_the_model_rewrites_a_follow_up(settings: Settings, reply: str, standalone: str) -> None:
+    with LLMServer(lambda _: completion(reply)).running() as llm:
+        synth = Synthesizer(llm_settings(settings, llm.url))
+        assert synth.standalone([PRINTER_QUESTION], [PRINTER_ANSWER], FOLLOW_UP) == standalone
+    (sent,) = llm.requests
+    assert sent["model"] == "tiny" and sent["temperature"] == 0
+    assert sent["messages"] == build_rewrite_messages(
+        [PRINTER_QUESTION], [PRINTER_ANSWER], FOLLOW_UP
+    )
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        (slow, "no answer within 0.5s"),
+        (lambda _: Reply(500, b'{"error": "model not loaded"}'), "HTTP 500"),
+        (lambda _: Reply(200, b"<html>502 Bad Gateway</html>"), "not an OpenAI chat completion"),
+        (lambda _: completion("   "), "the answer is empty"),
+        (lambda _: completion('"" ...'), "holds no words"),
+        (lambda _: completion(f"{STANDALONE}\nI rewrote 'it' as the printer."), "more than one"),
+        (lambda _: completion("restart " * 400), "over 2000"),
+    ],
+    ids=["timeout", "http-500", "html", "empty", "no-words", "two-lines", "too-long"],
+)  # fmt: skip
+def test_an_unusable_rewrite_returns_none_and_says_why(
+    settings: Settings, caplog: pytest.LogCaptureFixture, behaviour, reason: str
+) -> None:
+    with LLMServer(behaviour).running() as llm:
+        synth = Synthesizer(llm_settings(settings, llm.url, llm_timeout=0.5))
+        with caplog.at_level(logging.WARNING, logger="qa.synthesis"):
+            assert synth.standalone([PRINTER_QUESTION], [PRINTER_ANSWER], FOLLOW_UP) is None
+    assert reason in caplog.text and "using the rule-based rewrite" in caplog.text
+
+
+@pytest.fixture
+def printers(tmp_path: Path, fake_embedder) -> Engine:
+    """An index of the followup-into-answer case (fake embedder)."""
+    corpus = tmp_path / "printers"
+    shutil.copytree(CASE, corpus)
+    settings = Settings(
+        corpus_dir=corpus,
+        index_dir=tmp_path / "printers-index",
+        cache_dir=tmp_path / "cache",
+        embedding_model="fake-embedder",
+        min_score=0.05,
+    )
+    build_index(corpus, settings.index_dir, fake_embedder, spec_from_settings(settings))
+    engine = Engine(settings, embedder=fake_embedder)
+    engine.load()
+    return engine
+
+
+def printer_chat(client: TestClient) -> dict:
+    first = client.post(
+        "/v1/chat/completions",
+        json={"model": "qa", "messages": [{"role": "user", "content": PRINTER_QUESTION}]},
+    ).json()
+    messages = [
+        {"role": "user", "content": PRINTER_QUESTION},
+        {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
+        {"role": "user", "content": FOLLOW_UP},
+    ]
+    response = client.post("/v1/chat/completions", json={"model": "qa", "messages": messages})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_chat_follow_up_is_rewritten_by_the_model(printers: Engine) -> None:
+    with LLMServer(rewrites_to(STANDALONE)).running() as llm:
+        settings = llm_settings(printers.settings, llm.url)
+        with TestClient(create_app(settings, printers, load=False)) as client:
+            body = printer_chat(client)
+    rewrites = [r for r in llm.requests if is_rewrite(r)]
+    assert len(rewrites) == 1  # the first question stands alone: no rewrite asked
+    prompt = rewrites[0]["messages"][-1]["content"]
+    assert f"User: {PRINTER_QUESTION}\nAssistant: According to the documents, " in prompt
+    assert "Sources:" not in prompt and prompt.endswith(f"Last question: {FOLLOW_UP}")
+    qa = body["qa"]
+    assert (qa["query"], qa["rewritten_by"], qa["follow_up"]) == (
+        STANDALONE,
+        "llm:tiny",
+        "anaphora",
+    )
+    assert "rewrite" in qa["timings_ms"]
+    (cited, *_) = body["citations"]
+    assert cited["citation"]["line_start"] >= 7  # the floor 5 section
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        rewrites_to("Sure! Here is the question:\nHow do I restart the printer on floor 5?"),
+        lambda r: Reply(500, b"{}") if is_rewrite(r) else cites_passage_one_and_invents_seven(r),
+        lambda r: slow(r) if is_rewrite(r) else cites_passage_one_and_invents_seven(r),
+    ],
+    ids=["garbage", "error", "timeout"],
+)
+def test_chat_falls_back_to_the_rule_based_rewrite(
+    printers: Engine, behaviour, caplog: pytest.LogCaptureFixture
+) -> None:
+    with LLMServer(behaviour).running() as llm:
+        settings = llm_settings(printers.settings, llm.url, llm_timeout=0.5)
+        with (
+            TestClient(create_app(settings, printers, load=False)) as client,
+            caplog.at_level(logging.WARNING, logger="qa.synthesis"),
+        ):
+            body = printer_chat(client)
+    assert "using the rule-based rewrite" in caplog.text
+    qa = body["qa"]
+    assert qa["rewritten_by"] == "rules" and qa["follow_up"] == "anaphora"
+    assert qa["query"].startswith(FOLLOW_UP) and {"printer", "floor", "5"} <= set(
+        qa["query"].split()
+    )
+
+
+def test_the_rewrite_can_be_switched_off(printers: Engine) -> None:
+    with LLMServer(rewrites_to(STANDALONE)).running() as llm:
+        settings = llm_settings(printers.settings, llm.url, llm_rewrite=False)
+        with TestClient(create_app(settings, printers, load=False)) as client:
+            body = printer_chat(client)
+    assert not any(is_rewrite(r) for r in llm.requests)
+    assert body["qa"]["rewritten_by"] == "rules"

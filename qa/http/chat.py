@@ -105,6 +105,7 @@ def _extras(answer: ChatReply) -> dict[str, Any]:
             "question": answer.rewrite.question,
             "query": answer.rewrite.query,
             "follow_up": answer.rewrite.kind,
+            "rewritten_by": answer.rewrite.rewritten_by,
             "abstained": answer.abstained,
             "written_by": answer.written_by,
             "index": answer.result.index.model_dump(),
