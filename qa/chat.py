@@ -12,9 +12,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from qa.conversation import Rewrite, answer_text, rewrite
+from qa.conversation import Rewrite, answer_text, classify, rewrite
 from qa.engine import ABSTAIN_MESSAGE, Engine
-from qa.errors import InvalidRequest
+from qa.errors import InvalidRequest, QAError
 from qa.schema import AskResponse, Citation, NumberedCitation, Passage
 from qa.synthesis import Synthesizer
 
@@ -63,6 +63,30 @@ def assistant_answers(turns: Sequence[Turn]) -> list[str]:
     return answers
 
 
+def found_answers(engine: Engine, questions: Sequence[str], answers: Sequence[str]) -> list[str]:
+    """``answers`` with, for the turn before the last, the sentence qa answers it with.
+
+    A follow-up that points back ("how do I restart it?") carries the words of the previous
+    answer; the reply the client sent back may not name the subject (a model's wording, or
+    no assistant message at all), so the previous turn is asked again (one search) and its
+    extractive answer sentence is added. Only for an anaphora or ellipsis; a previous turn
+    that fails or abstains adds nothing.
+    """
+    out = list(answers)
+    if len(questions) < 2 or classify(questions[-1])[0] not in ("anaphora", "ellipsis"):
+        return out
+    earlier = rewrite(questions[:-1], answers[: len(questions) - 1])
+    try:
+        found = engine.ask(
+            earlier.query[: engine.settings.max_question_chars], 1, focus=earlier.focus
+        )
+    except QAError:
+        return out
+    if found.answer is not None and not found.abstained:
+        out[len(questions) - 2] = f"{out[len(questions) - 2]}\n{found.answer.text}".strip()
+    return out
+
+
 def source_line(marker: int, citation: Citation) -> str:
     """``[1] Title — path, lines 12-16`` (the title is left out when it is the path)."""
     where = f"{citation.path}, lines {citation.line_start}-{citation.line_end}"
@@ -102,7 +126,7 @@ def reply(
     questions = user_questions(turns)
     question = engine.validate_question(questions[-1])
     answers = assistant_answers(turns)
-    rw = rewrite([*questions[:-1], question], answers)
+    rw = rewrite([*questions[:-1], question], found_answers(engine, questions, answers))
     timings: dict[str, float] = {}
     if synthesizer is not None and synthesizer.rewrites and len(questions) > 1:
         began = time.perf_counter()

@@ -13,9 +13,8 @@ from urllib.parse import quote
 
 import anyio.to_thread
 from mcp import MCPError
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import MCPServer, ResourceSecurity
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.server.mcpserver.resources.templates import ResourceSecurity
 from mcp_types import INTERNAL_ERROR
 from mcp_types import Resource as MCPResource
 from pydantic import Field

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from qa.chat import Turn, reply, source_line
-from qa.engine import Engine
+from qa.builder import build_index
+from qa.chat import Turn, assistant_answers, found_answers, reply, source_line
+from qa.engine import Engine, spec_from_settings
 from qa.errors import InvalidRequest
 from qa.http import create_app
 from qa.schema import Citation
+from qa.settings import Settings
 from tests.test_http import assert_error
 
 QUESTION = "how long does the dough proof in the fridge"
@@ -171,3 +175,65 @@ def test_source_line_names_title_path_lines_and_page() -> None:
     assert source_line(2, c) == "[2] Annual report — reports/a.pdf, lines 3-7, page 2"
     same = c.model_copy(update={"title": "reports/a.pdf", "line_end": 3, "page": None})
     assert source_line(1, same) == "[1] reports/a.pdf, line 3"
+
+
+# ------------------------------------------- follow-ups into the answer (printers case)
+
+CASE = Path(__file__).parent / "data" / "cases" / "followup-into-answer"
+PRINTER_QUESTION = "Which toner does the printer on floor 5 use?"
+
+
+def printer_engine(tmp_path: Path, fake_embedder) -> Engine:
+    """An index of the followup-into-answer case (fake embedder)."""
+    corpus = tmp_path / "printers"
+    shutil.copytree(CASE, corpus)
+    settings = Settings(
+        corpus_dir=corpus,
+        index_dir=tmp_path / "printers-index",
+        cache_dir=tmp_path / "cache",
+        embedding_model="fake-embedder",
+        min_score=0.05,
+    )
+    build_index(corpus, settings.index_dir, fake_embedder, spec_from_settings(settings))
+    engine = Engine(settings, embedder=fake_embedder)
+    engine.load()
+    return engine
+
+
+@pytest.fixture
+def printers(tmp_path: Path, fake_embedder) -> Engine:
+    return printer_engine(tmp_path, fake_embedder)
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [],  # the client sent no assistant message
+        ["The printer on floor 5 uses toner cartridge CF-259X. [1]\n\nSources:\n- [1] x"],
+        ["According to the documents, it is a cartridge. [1]"],  # a model's wording
+        ["The documents do not cover this question."],
+    ],
+    ids=["no-reply", "extractive-reply", "model-reply", "abstained-reply"],
+)
+def test_a_follow_up_that_points_back_answers_about_floor_5(
+    printers: Engine, history: list[str]
+) -> None:
+    turns = [Turn("user", PRINTER_QUESTION)]
+    turns += [Turn("assistant", h) for h in history]
+    answer = reply(printers, [*turns, Turn("user", "how do I restart it?")])
+    assert answer.answer == "Restart it by unplugging it for ten seconds. [1]"
+    assert answer.rewrite.kind == "anaphora" and answer.rewrite.focus == "how do I restart it?"
+    assert {"floor", "5", "CF-259X"} <= set(answer.rewrite.query.split())
+    assert "## Floor 5" in answer.citations[0].text
+
+
+def test_found_answers_adds_the_previous_turns_answer_only_for_pointing_follow_ups(
+    printers: Engine,
+) -> None:
+    turns = [Turn("user", PRINTER_QUESTION), Turn("assistant", "Ok. [1]"), Turn("user", "why?")]
+    answers = assistant_answers(turns)
+    assert answers == ["Ok.", ""]
+    found = found_answers(printers, [PRINTER_QUESTION, "why?"], answers)
+    assert found == ["Ok.\nThe printer on floor 5 uses toner cartridge CF-259X. [1]", ""]
+    standalone = [PRINTER_QUESTION, "Which toner does the printer on floor 3 use?"]
+    assert found_answers(printers, standalone, answers) == answers

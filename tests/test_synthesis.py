@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from qa.builder import build_index
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.http import create_app
 from qa.schema import Passage
 from qa.settings import Settings
@@ -31,6 +28,7 @@ from tests.llm_server import (
     passages_in,
     rewrites_to,
 )
+from tests.test_chat import printer_engine
 
 QUESTION = "how long does the dough proof"
 
@@ -209,7 +207,6 @@ PRINTER_QUESTION = "Which toner does the printer on floor 5 use?"
 PRINTER_ANSWER = "The printer on floor 5 uses toner cartridge CF-259X."
 FOLLOW_UP = "how do I restart it?"
 STANDALONE = "How do I restart the printer on floor 5?"
-CASE = Path(__file__).parent / "data" / "cases" / "followup-into-answer"
 
 
 def test_the_rewrite_prompt_holds_the_conversation_and_the_last_question() -> None:
@@ -264,21 +261,8 @@ def test_an_unusable_rewrite_returns_none_and_says_why(
 
 
 @pytest.fixture
-def printers(tmp_path: Path, fake_embedder) -> Engine:
-    """An index of the followup-into-answer case (fake embedder)."""
-    corpus = tmp_path / "printers"
-    shutil.copytree(CASE, corpus)
-    settings = Settings(
-        corpus_dir=corpus,
-        index_dir=tmp_path / "printers-index",
-        cache_dir=tmp_path / "cache",
-        embedding_model="fake-embedder",
-        min_score=0.05,
-    )
-    build_index(corpus, settings.index_dir, fake_embedder, spec_from_settings(settings))
-    engine = Engine(settings, embedder=fake_embedder)
-    engine.load()
-    return engine
+def printers(tmp_path, fake_embedder) -> Engine:
+    return printer_engine(tmp_path, fake_embedder)
 
 
 def printer_chat(client: TestClient) -> dict:
