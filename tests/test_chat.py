@@ -193,6 +193,7 @@ def printer_engine(tmp_path: Path, fake_embedder) -> Engine:
         cache_dir=tmp_path / "cache",
         embedding_model="fake-embedder",
         min_score=0.05,
+        allowed_hosts=["testserver"],  # Starlette's TestClient sends Host: testserver
     )
     build_index(corpus, settings.index_dir, fake_embedder, spec_from_settings(settings))
     engine = Engine(settings, embedder=fake_embedder)

@@ -270,6 +270,7 @@ def printer_chat(client: TestClient) -> dict:
         "/v1/chat/completions",
         json={"model": "qa", "messages": [{"role": "user", "content": PRINTER_QUESTION}]},
     ).json()
+    assert "choices" in first, first
     messages = [
         {"role": "user", "content": PRINTER_QUESTION},
         {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
