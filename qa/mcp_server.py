@@ -100,7 +100,7 @@ def build_mcp_server(engine: Engine) -> QAMCPServer:
     def search(
         question: Annotated[str, Field(description="The question, in plain words")],
         top_k: Annotated[
-            int | None, Field(ge=1, le=50, description="How many passages (1-50)")
+            int | None, Field(ge=1, le=50, strict=True, description="How many passages (1-50)")
         ] = None,
     ) -> AskResponse:
         with _as_tool_error():

@@ -74,6 +74,9 @@ def test_get_document_and_errors_as_tool_errors(engine: Engine) -> None:
         assert bad.is_error and "question must be a non-empty string" in bad.content[0].text
         bad = await client.call_tool("search", {"question": "ok", "top_k": 0})
         assert bad.is_error and "top_k" in bad.content[0].text
+        for not_an_int in (True, "3", 2.0):  # strict like /v1/ask: no silent coercion
+            bad = await client.call_tool("search", {"question": "ok", "top_k": not_an_int})
+            assert bad.is_error and "top_k" in bad.content[0].text, not_an_int
 
     run(engine, check)
 
