@@ -1,15 +1,26 @@
 """Chunk: split a Document into token-bounded, overlapping spans along its structure.
 
-Structure comes first: headings open sections, blank lines (or a line that ends a sentence)
-end paragraphs, and paragraphs split into sentences. Sentences are packed into chunks of at
-most ``max_tokens`` word pieces of the embedding model; a sentence is cut only when it alone
-is over the limit. A heading stays with the text under it. Every chunk records its exact
-offsets, lines, page and heading path, so ``document.text[start:end] == chunk.text``.
+Structure comes first: the blocks the reader found (``Document.blocks``: Markdown parsed by
+markdown-it-py, HTML, DOCX), or else for plain text: headings open sections, blank lines
+(or a line that ends a sentence) end paragraphs, and a ``Label:`` line stays with the value
+on the next line. Paragraphs split into sentences (``.!?…`` followed by a space, and
+``。！？`` and their full-width and other scripts' forms anywhere). Sentences are packed into
+chunks of at most ``max_tokens`` word pieces of the embedding model, counting the section
+heading the embedder sees in front of a chunk; a sentence over the limit is cut at words,
+and a run without spaces over it (CJK, Thai, one-line JSON, base64) between characters.
+A heading stays with the text under it. Every chunk records its exact offsets, lines,
+page and heading path, so ``document.text[start:end] == chunk.text``.
+
+Segmenter: the hand-written rules stay (rather than PyICU's BreakIterator or pysbd):
+PyICU has no wheel on PyPI (it needs ICU headers and a C++ build on every machine), and
+pysbd re-finds its sentences in the text to give offsets, which goes wrong on repeats and
+whitespace (pySBD issues #49, #83) and takes one language per segmenter.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +30,16 @@ TokenCounter = Callable[[Sequence[str]], list[int]]
 
 _MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+\S")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+")
-_SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s+)""")
+_LINE_END = re.compile(r"\r\n|\r|\n")
+# Marks that end a sentence wherever they stand (no space follows in CJK text): ideographic
+# and full-width full stop, exclamation and question marks, halfwidth ideographic stop,
+# double marks, Arabic question mark and full stop, Devanagari danda, Ethiopic, Myanmar
+# and Khmer full stops.
+_STOPS = "。！？｡．‼⁇⁈⁉؟۔।॥።။។"
+_CLOSERS = "\"'”’)]」』）】〉》〕"
+_SENTENCE_END = re.compile(
+    rf"""[.!?…]+["'”’)\]]*(?=\s+)|[{_STOPS}]+[{_CLOSERS}]*(?![\d{_STOPS}])"""
+)
 _NEXT_STARTS_SENTENCE = re.compile(r"""\s+["'“‘(\[]?[\w¿¡]""")
 _ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "eg", "ie",
@@ -27,6 +47,7 @@ _ABBREVIATIONS = {
     "u.s", "u.k", "u.n", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
     "oct", "nov", "dec", "gen", "gov", "sen", "rep", "col", "lt", "sgt", "capt", "mt",
 }  # fmt: skip
+_PARAGRAPH_ENDS = (".", "!", "?", '"', "”", "…", ")", "’", *_STOPS)
 _HEADING_MAX_CHARS = 100
 _HEADING_MAX_WORDS = 14
 
@@ -56,13 +77,20 @@ class ChunkedDocument:
     sentences: list[list[tuple[int, int]]]
 
 
-def split_blocks(text: str) -> list[Block]:
-    """Headings and paragraphs of ``text`` as spans without surrounding whitespace."""
-    lines: list[tuple[int, int]] = []
+def line_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every line of ``text``, line ends (LF, CRLF, lone CR) excluded."""
+    spans: list[tuple[int, int]] = []
     pos = 0
-    for line in text.split("\n"):
-        lines.append((pos, pos + len(line)))
-        pos += len(line) + 1
+    for m in _LINE_END.finditer(text):
+        spans.append((pos, m.start()))
+        pos = m.end()
+    spans.append((pos, len(text)))
+    return spans
+
+
+def split_blocks(text: str) -> list[Block]:
+    """Headings and paragraphs of plain ``text`` as spans without surrounding whitespace."""
+    lines = line_spans(text)
     has_md_headings = any(_MD_HEADING.match(text[s:e]) for s, e in lines)
 
     blocks: list[Block] = []
@@ -103,7 +131,8 @@ def split_blocks(text: str) -> list[Block]:
 
 
 def _ends_sentence(text: str) -> bool:
-    return text.rstrip().endswith((".", "!", "?", ":", '"', "”", "…", ")", "’"))
+    """The text ends a sentence; a ``Label:`` line does not (its value follows)."""
+    return text.rstrip().endswith(_PARAGRAPH_ENDS)
 
 
 def _looks_like_heading(
@@ -114,6 +143,8 @@ def _looks_like_heading(
     line = text[s:e].strip()
     prev_line = text[lines[i - 1][0] : lines[i - 1][1]].strip() if i > 0 else ""
     if not (at_paragraph_start or not prev_line or _ends_sentence(prev_line)):
+        return False
+    if prev_line.endswith(":"):  # the value under a label
         return False
     if len(line) > _HEADING_MAX_CHARS or len(line.split()) > _HEADING_MAX_WORDS:
         return False
@@ -135,6 +166,10 @@ def split_sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
     cur = start
     for m in _SENTENCE_END.finditer(text, start, end):
         stop = m.end()
+        if m.group(0)[0] in _STOPS:
+            _append_trimmed(text, cur, stop, spans)
+            cur = stop
+            continue
         if not _NEXT_STARTS_SENTENCE.match(text, stop, end):
             continue
         word = re.search(r"([\w.]+)[.!?…]*$", text[cur : m.start() + 1])
@@ -158,33 +193,111 @@ def _append_trimmed(text: str, s: int, e: int, out: list[tuple[int, int]]) -> No
 
 
 def _split_long(
-    text: str, s: int, e: int, tokens: int, max_tokens: int, count: TokenCounter
+    text: str, s: int, e: int, max_tokens: int, count: TokenCounter
 ) -> list[tuple[int, int, int]]:
-    """Cut an over-long sentence at word boundaries into pieces of at most max_tokens."""
-    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text[s:e])]
-    counts = count([text[s + a : s + b] for a, b in words])
-    pieces: list[tuple[int, int, int]] = []
+    """Cut ``text[s:e]`` into pieces of at most ``max_tokens`` word pieces, as
+    (start, end, tokens): between words where it can, and a word over the limit (a run
+    without spaces) by :func:`_cut_run`. Every piece is counted again as a whole."""
+    words = [(s + m.start(), s + m.end()) for m in re.finditer(r"\S+", text[s:e])]
+    counts = count([text[a:b] for a, b in words])
+    pieces: list[tuple[int, int]] = []
     piece_start: int | None = None
     piece_end = 0
     used = 0
     for (a, b), n in zip(words, counts, strict=True):
         if piece_start is not None and used + n > max_tokens:
-            pieces.append((s + piece_start, s + piece_end, used))
+            pieces.append((piece_start, piece_end))
             piece_start, used = None, 0
+        if n > max_tokens:
+            pieces.extend((ps, pe) for ps, pe, _ in _cut_run(text, a, b, max_tokens, count))
+            continue
         if piece_start is None:
             piece_start = a
         piece_end = b
         used += n
-        if used > max_tokens:  # a single "word" over the limit: cut it by characters
-            pieces.append((s + piece_start, s + piece_end, used))
-            piece_start, used = None, 0
     if piece_start is not None:
-        pieces.append((s + piece_start, s + piece_end, used))
+        pieces.append((piece_start, piece_end))
+    out: list[tuple[int, int, int]] = []
+    for (a, b), n in zip(pieces, count([text[a:b] for a, b in pieces]), strict=True):
+        if n <= max_tokens:  # words counted alone can count more together
+            out.append((a, b, n))
+        else:
+            out.extend(_cut_run(text, a, b, max_tokens, count))
+    return out
+
+
+def _joins_next(ch: str) -> bool:
+    """A character that belongs to the one before it (combining mark, joiner, variation
+    selector): never cut in front of it."""
+    return unicodedata.category(ch) in {"Mn", "Mc", "Me"} or ch in "\u200d\ufe0e\ufe0f"
+
+
+def _cut_run(
+    text: str, s: int, e: int, max_tokens: int, count: TokenCounter
+) -> list[tuple[int, int, int]]:
+    """Cut ``text[s:e]`` into pieces of at most ``max_tokens`` word pieces, each as long as
+    the limit allows (binary search on the counter), ending after a space or punctuation
+    in its second half when there is one, else between characters (never in front of a
+    combining mark). A single character over the limit is a piece of its own."""
+    pieces: list[tuple[int, int, int]] = []
+    window = 64 * max_tokens  # no word piece is longer than 64 characters in practice
+    while s < e:
+        while s < e and text[s].isspace():
+            s += 1
+        if s >= e:
+            break
+        hi = min(e, s + window)
+        n_hi = count([text[s:hi]])[0]
+        if n_hi <= max_tokens:
+            end, n = hi, n_hi
+        else:
+            lo, n_lo = s + 1, count([text[s : s + 1]])[0]
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                n_mid = count([text[s:mid]])[0]
+                if n_mid <= max_tokens:
+                    lo, n_lo = mid, n_mid
+                else:
+                    hi = mid
+            end, n = lo, n_lo
+            soft = end
+            while soft > s + (end - s) // 2 and (
+                text[soft - 1].isalnum() or _joins_next(text[soft - 1])
+            ):
+                soft -= 1
+            if soft > s + (end - s) // 2:
+                n_soft = count([text[s:soft]])[0]
+                if n_soft <= max_tokens:
+                    end, n = soft, n_soft
+            while end > s + 1 and end < e and _joins_next(text[end]):
+                end -= 1
+            if end != lo:
+                n = count([text[s:end]])[0]
+        trimmed = end
+        while trimmed > s and text[trimmed - 1].isspace():
+            trimmed -= 1
+        pieces.append((s, trimmed, n))
+        s = end
     return pieces
 
 
+def _heading_title(line: str) -> str:
+    """A heading's text: its first line without ``#`` marks (ATX or setext headings)."""
+    first = _LINE_END.split(line.strip(), 1)[0]
+    return re.sub(r"\s+#+\s*$", "", re.sub(r"^#+\s*", "", first)).strip()
+
+
+def _section(path: str) -> str:
+    """The innermost heading, which Chunk.embed_text puts in front of the chunk."""
+    return path.rsplit(" > ", 1)[-1]
+
+
 class Chunker:
-    """Packs sentence units into chunks of at most ``max_tokens`` with ``overlap_tokens``."""
+    """Packs sentence units into chunks of at most ``max_tokens`` with ``overlap_tokens``.
+
+    The limit holds for what the embedder sees: a chunk's text plus the section heading
+    ``Chunk.embed_text`` puts in front of it, and every sentence.
+    """
 
     def __init__(self, count_tokens: TokenCounter, max_tokens: int, overlap_tokens: int) -> None:
         if max_tokens < 1:
@@ -198,17 +311,34 @@ class Chunker:
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
 
+    def blocks(self, doc: Document) -> list[Block]:
+        """The reader's blocks (``doc.blocks``) when it recorded them, else found here."""
+        if doc.blocks:
+            return [Block(s, e, level) for s, e, level in doc.blocks]
+        return split_blocks(doc.text)
+
     def units(self, doc: Document) -> list[tuple[Unit, str]]:
         """Units of ``doc`` in order, each with the heading path it falls under."""
+        return self._units(doc)[0]
+
+    def _units(self, doc: Document) -> tuple[list[tuple[Unit, str]], dict[str, int]]:
+        """Units with their heading paths, and the word pieces each section heading adds
+        in front of a chunk's text (``Chunk.embed_text``)."""
         text = doc.text
+        blocks = self.blocks(doc)
+        titles = [_heading_title(text[b.start : b.end]) if b.heading_level else "" for b in blocks]
+        heading_tokens = self.count_tokens(
+            [text[b.start : b.end] for b in blocks if b.heading_level]
+        )
         spans: list[tuple[int, int, int, bool, str]] = []  # start, end, paragraph, heading?, path
         stack: list[tuple[int, str]] = []
-        for p, block in enumerate(split_blocks(text)):
-            if block.heading_level:
-                title = re.sub(r"^#+\s*", "", text[block.start : block.end]).strip()
+        counted = iter(heading_tokens)
+        for p, block in enumerate(blocks):
+            # a heading the embedder could not see beside half a chunk of text is body text
+            if block.heading_level and next(counted) <= self.max_tokens // 2 and titles[p]:
                 while stack and stack[-1][0] >= block.heading_level:
                     stack.pop()
-                stack.append((block.heading_level, title))
+                stack.append((block.heading_level, titles[p]))
                 path = " > ".join(t for _, t in stack)
                 spans.append((block.start, block.end, p, True, path))
                 continue
@@ -216,22 +346,29 @@ class Chunker:
             for s, e in split_sentences(text, block.start, block.end):
                 spans.append((s, e, p, False, path))
         counts = self.count_tokens([text[s:e] for s, e, *_ in spans]) if spans else []
+        sections = sorted({_section(path) for *_, path in spans} - {""})
+        reserve = dict(zip(sections, self.count_tokens(sections), strict=True))
         out: list[tuple[Unit, str]] = []
         for (s, e, p, heading, path), n in zip(spans, counts, strict=True):
-            if n > self.max_tokens:
-                # an over-long "heading" is body text cut at words
-                for ps, pe, pn in _split_long(text, s, e, n, self.max_tokens, self.count_tokens):
+            limit = self._limit(reserve, path)
+            if n > limit:
+                for ps, pe, pn in _split_long(text, s, e, limit, self.count_tokens):
                     out.append((Unit(ps, pe, pn, p, False), path))
             else:
                 out.append((Unit(s, e, n, p, heading), path))
-        return out
+        return out, reserve
+
+    def _limit(self, reserve: dict[str, int], path: str) -> int:
+        """Word pieces left for a chunk's text under ``path`` (its heading goes in front)."""
+        return max(1, self.max_tokens - reserve.get(_section(path), 0))
 
     def chunk(self, doc: Document) -> ChunkedDocument:
-        units = self.units(doc)
+        units, reserve = self._units(doc)
         lines = LineIndex(doc.text)
         groups: list[list[tuple[Unit, str]]] = []
         cur: list[tuple[Unit, str]] = []
         used = 0
+        limit = self.max_tokens
 
         def emit() -> None:
             if cur:
@@ -241,14 +378,21 @@ class Chunker:
             new_page = bool(cur) and doc.page_at(unit.start) != doc.page_at(cur[0][0].start)
             new_section = new_page or (unit.is_heading and cur and not cur[-1][0].is_heading)
             new_paragraph = bool(cur) and unit.paragraph != cur[-1][0].paragraph
-            over = used + unit.tokens > self.max_tokens
+            unit_limit = self._limit(reserve, path)
+            over = used + unit.tokens > min(limit, unit_limit)
             if new_section or over:
                 emit()
                 # overlap only inside a paragraph: a clean paragraph break needs none
-                tail = [] if (new_section or new_paragraph) else self._overlap_tail(cur, unit)
+                tail = (
+                    []
+                    if (new_section or new_paragraph)
+                    else self._overlap_tail(cur, unit, unit_limit)
+                )
                 cur, used = tail, sum(u.tokens for u, _ in tail)
+                limit = min([self._limit(reserve, p) for _, p in tail], default=self.max_tokens)
             cur.append((unit, path))
             used += unit.tokens
+            limit = min(limit, unit_limit)
         emit()
 
         chunks: list[Chunk] = []
@@ -272,9 +416,11 @@ class Chunker:
             sentences.append([(u.start, u.end) for u, _ in body])
         return ChunkedDocument(chunks, sentences)
 
-    def _overlap_tail(self, cur: list[tuple[Unit, str]], nxt: Unit) -> list[tuple[Unit, str]]:
+    def _overlap_tail(
+        self, cur: list[tuple[Unit, str]], nxt: Unit, limit: int
+    ) -> list[tuple[Unit, str]]:
         tail: list[tuple[Unit, str]] = []
-        budget = min(self.overlap_tokens, self.max_tokens - nxt.tokens)
+        budget = min(self.overlap_tokens, limit - nxt.tokens)
         used = 0
         for unit, path in reversed(cur[1:]):  # never repeat the whole previous chunk
             if unit.is_heading or used + unit.tokens > budget:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import re
 from dataclasses import dataclass, field
+
+# A block the reader found: (start, end, heading level), 0 for body text (a paragraph, a
+# list item, a table row, a code block). Offsets into Document.text, without surrounding
+# whitespace.
+Block = tuple[int, int, int]
 
 
 def sha256_text(text: str) -> str:
@@ -21,6 +27,9 @@ class Document:
     text: str
     page_starts: tuple[int, ...] = ()  # PDF: offset in ``text`` where each page begins
     sha256: str = field(default="")
+    # Structure from the format's parser (Markdown, HTML, DOCX); empty: the chunker finds
+    # paragraphs and headings itself. Not stored in the index (only chunking needs it).
+    blocks: tuple[Block, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.sha256:
@@ -67,11 +76,15 @@ class Sentence:
     end: int
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 class LineIndex:
-    """Maps character offsets of a text to 1-based line numbers."""
+    """Maps character offsets of a text to 1-based line numbers; LF, CRLF and a lone CR
+    each end a line."""
 
     def __init__(self, text: str) -> None:
-        self._starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+        self._starts = [0] + [m.end() for m in _LINE_END.finditer(text)]
 
     def line_of(self, offset: int) -> int:
         return bisect.bisect_right(self._starts, offset)

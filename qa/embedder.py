@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from qa.errors import ModelLoadError
+from qa.normalize import search_form
 from qa.settings import DEFAULT_MODEL
 
 ProgressCallback = Callable[[int], None]  # called with the number of texts just embedded
@@ -159,15 +160,20 @@ class SentenceTransformerEmbedder(LazyModel):
         return int(self.model.max_seq_length) - 2
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces of each text as the model sees it (search form, no special tokens)."""
         if not texts:
             return []
         encoded = self.model.tokenizer(
-            list(texts), add_special_tokens=False, truncation=False, verbose=False
+            [search_form(t) for t in texts],
+            add_special_tokens=False,
+            truncation=False,
+            verbose=False,
         )
         return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> np.ndarray:
-        """Normalised vectors, in the order of ``texts``.
+        """Normalised vectors, in the order of ``texts``, of their search form
+        (qa.normalize.search_form).
 
         Texts are embedded longest first in blocks, so each batch pads to similar lengths
         (several times faster on corpora of mixed lengths than the given order).
@@ -176,6 +182,7 @@ class SentenceTransformerEmbedder(LazyModel):
             return np.zeros((0, self.dimension), dtype=np.float32)
         import torch
 
+        texts = [search_form(t) for t in texts]  # what matching sees; offsets stay on the raw text
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         model = self.model

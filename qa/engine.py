@@ -17,6 +17,7 @@ from qa.embedder import Embedder, get_embedder
 from qa.errors import IndexNotReady, InvalidRequest, NotFound, QAError
 from qa.index import IndexData, IndexSpec, current_generation_dir, load_current
 from qa.metrics import observe_stage
+from qa.normalize import nfc
 from qa.schema import (
     Answer,
     AskResponse,
@@ -280,7 +281,11 @@ class Engine:
         ]
 
     def document(self, doc_id: str) -> DocumentText:
-        doc = self.data.documents.get(doc_id)
+        data = self.data
+        doc = data.documents.get(doc_id)
+        if doc is None:  # the same id in another normalisation form (NFD from macOS)
+            wanted = nfc(doc_id)
+            doc = next((d for k, d in data.documents.items() if nfc(k) == wanted), None)
         if doc is None:
             raise NotFound(f"no document with id {doc_id!r}; GET /v1/documents lists them")
         return DocumentText(
@@ -297,8 +302,8 @@ def filters_from(doc_ids: Iterable[str] | None, path_prefix: str | None) -> Filt
     if doc_ids is None and not path_prefix:
         return None
     return Filters(
-        doc_ids=frozenset(doc_ids) if doc_ids is not None else None,
-        path_prefix=path_prefix or None,
+        doc_ids=frozenset(nfc(d) for d in doc_ids) if doc_ids is not None else None,
+        path_prefix=nfc(path_prefix) if path_prefix else None,
     )
 
 

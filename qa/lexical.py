@@ -11,6 +11,8 @@ import bm25s
 import numpy as np
 import Stemmer
 
+from qa.normalize import search_form
+
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _STEMMER = Stemmer.Stemmer("english")
@@ -22,6 +24,7 @@ _COMPOUND = re.compile(r"\b\w+(?:[-.+:/]\w+)+")
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """bm25s tokens (English stopwords, Snowball stems) plus whole numbered identifiers."""
+    texts = [search_form(t) for t in texts]  # ligatures, full-width forms, NBSP, ZWSP
     tokens = bm25s.tokenize(
         list(texts),
         stopwords="en",

@@ -1,20 +1,28 @@
 """Load: turn the files of a corpus folder into Documents.
 
 Supported: .txt .md .markdown .html .htm .pdf .docx and .jsonl in BEIR form.
-A file that cannot be read is skipped and reported, never fatal for the build.
+A file that cannot be read is skipped and reported, never fatal for the build; so is a
+BEIR row that cannot be read, and a part of a DOCX file (its footnotes, a header) that
+cannot be read is reported while the rest of the file is indexed.
+
+Text files: a UTF-8 byte-order mark is dropped and CRLF and lone CR become LF, so offsets
+point into exactly the text ``GET /v1/documents`` serves. Markdown is parsed with
+markdown-it-py; HTML, DOCX and Markdown readers record their blocks and real headings on
+the Document (``Document.blocks``) for the chunker.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from qa.documents import Document
+from qa.documents import Block, Document
 
 if TYPE_CHECKING:
     from qa.extraction import CorpusLimits, Extractor
@@ -70,6 +78,7 @@ def load_corpus(
             log.warning("skipped %s: %s", file.rel, docs)
             report.skipped.append(Skipped(file.rel, str(docs)))
             continue
+        report.skipped.extend(getattr(docs, "problems", []))  # unreadable rows or parts
         for doc in docs:
             if doc.doc_id in seen:
                 report.skipped.append(Skipped(doc.doc_id, "duplicate document id"))
@@ -80,9 +89,14 @@ def load_corpus(
     return report
 
 
-def load_file(path: Path, rel: str) -> Iterator[Document]:
+def load_file(path: Path, rel: str, problems: list[Skipped] | None = None) -> Iterator[Document]:
     """Documents of the file at ``path``, read as the type ``rel`` (its path in the corpus)
-    names; raises SkipFile with the reason when it cannot be read."""
+    names; raises SkipFile with the reason when it cannot be read.
+
+    What could not be read inside a file that is otherwise indexed (a BEIR row, a DOCX
+    part) is appended to ``problems`` (path ``rel``, the reason naming the line or part).
+    """
+    problems = problems if problems is not None else []
     suffix = Path(rel).suffix.lower()  # a link is read as what its name says
     if suffix in TEXT_SUFFIXES:
         yield _load_text(path, rel, markdown=suffix != ".txt")
@@ -91,26 +105,34 @@ def load_file(path: Path, rel: str) -> Iterator[Document]:
     elif suffix == ".pdf":
         yield _load_pdf(path, rel)
     elif suffix == ".docx":
-        yield _load_docx(path, rel)
+        yield _load_docx(path, rel, problems)
     elif suffix == ".jsonl":
-        yield from _load_beir_jsonl(path, rel)
+        yield from _load_beir_jsonl(path, rel, problems)
     else:
         raise SkipFile(f"unsupported file type {suffix!r}")
 
 
 def decode_text(data: bytes) -> str:
-    """UTF-8 text with only CRLF turned into LF, so offsets match the file (a byte-order
-    mark stays, as the character U+FEFF at offset 0)."""
+    """UTF-8 text without a leading byte-order mark (it is not content), every line end
+    (CRLF, lone CR) an LF; a character offset into the result is the offset into the
+    document text served by ``GET /v1/documents``. Raises SkipFile for binary data,
+    invalid UTF-8 (naming the byte) or a file with nothing but whitespace."""
     if b"\x00" in data:
         raise SkipFile("binary file (contains NUL bytes)")
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = data.decode("utf-8")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SkipFile(f"not valid UTF-8 (byte {exc.start}): {exc.reason}") from None
-    text = text.replace("\r\n", "\n")
-    if not text.strip().strip("\ufeff"):
+        raise SkipFile(f"not valid UTF-8 (byte {exc.start + bom}): {exc.reason}") from None
+    text = normalize_line_ends(text)
+    if not text.strip():
         raise SkipFile("empty document")
     return text
+
+
+def normalize_line_ends(text: str) -> str:
+    """CRLF and lone CR (old Mac files) become LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _title_from_name(rel: str) -> str:
@@ -121,26 +143,150 @@ def _title_from_name(rel: str) -> str:
 def _load_text(path: Path, rel: str, *, markdown: bool) -> Document:
     text = decode_text(path.read_bytes())
     title = ""
+    blocks: tuple[Block, ...] = ()
     if markdown:
-        m = _MD_HEADING.search(text)
-        if m:
-            title = m.group(2).strip()
+        blocks, title = markdown_blocks(text)
     else:
-        first = text.strip().strip("\ufeff").split("\n", 1)[0].strip()
-        if 0 < len(first) <= 150 and not first.endswith((".", ",", ";")):
+        first = text.strip().split("\n", 1)[0].strip()
+        if 0 < len(first) <= 150 and not first.endswith((".", ",", ";", ":")):
             title = first
-    return Document(doc_id=rel, path=rel, title=title or _title_from_name(rel), text=text)
+    return Document(
+        doc_id=rel, path=rel, title=title or _title_from_name(rel), text=text, blocks=blocks
+    )
+
+
+def markdown_blocks(text: str) -> tuple[tuple[Block, ...], str]:
+    """Leaf blocks of Markdown ``text`` as markdown-it-py (CommonMark + tables) parses it,
+    from its source line maps: headings (with their level; ATX or setext), paragraphs,
+    list items, block quotes' paragraphs, code fences and indented code (one block each),
+    table rows, HTML blocks. A line no block claims (a link reference definition) is a
+    block of its own, so no text is lost. Returns (blocks in order, first heading's text).
+    """
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    starts = [0]
+    for line in text.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    n_lines = len(starts) - 1
+    spans: list[tuple[int, int, int]] = []  # first line, end line (exclusive), level
+    title = ""
+    inside_table = 0
+    for i, tok in enumerate(tokens):
+        if tok.type == "table_open":
+            inside_table += 1
+        elif tok.type == "table_close":
+            inside_table -= 1
+        if tok.map is None:
+            continue
+        if tok.type == "heading_open":
+            spans.append((tok.map[0], tok.map[1], int(tok.tag[1])))
+            if not title and i + 1 < len(tokens):
+                title = tokens[i + 1].content.strip()
+        elif tok.type == "tr_open" or (
+            not inside_table
+            and tok.type in {"paragraph_open", "fence", "code_block", "html_block", "hr"}
+        ):
+            spans.append((tok.map[0], tok.map[1], 0))
+    claimed = [False] * n_lines
+    for a, b, _ in spans:
+        for k in range(a, min(b, n_lines)):
+            claimed[k] = True
+    for k in range(n_lines):
+        if not claimed[k] and text[starts[k] : starts[k + 1] - 1].strip():
+            spans.append((k, k + 1, 0))
+    spans.sort()
+    blocks: list[Block] = []
+    for a, b, level in spans:
+        start, end = starts[a], min(starts[min(b, n_lines)] - 1, len(text))
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if end > start and (not blocks or start >= blocks[-1][1]):
+            blocks.append((start, end, level))
+    return tuple(blocks), title
 
 
 _BLOCK_TAGS = {
     "p", "div", "section", "article", "header", "footer", "main", "aside", "nav",
     "ul", "ol", "li", "table", "tr", "blockquote", "pre", "figure", "figcaption",
-    "h1", "h2", "h3", "h4", "h5", "h6", "br", "hr", "dl", "dt", "dd", "form",
+    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "dl", "dt", "dd", "form", "address",
+    "fieldset", "legend", "details", "summary", "caption", "dialog", "hgroup", "menu",
+    "center", "search", "thead", "tbody", "tfoot", "option",
 }  # fmt: skip
+_TIGHT_TAGS = {"li", "tr", "dt", "dd", "option"}  # consecutive ones are not blank-separated
 _DROP_TAGS = {"script", "style", "noscript", "template", "svg", "head", "iframe", "object"}
 
 
+class _BlockText:
+    """Text written block by block: lines inside a block, blank lines between blocks
+    (one line break between consecutive list items, table rows, definitions), with the
+    offsets of every block and heading recorded as the text grows."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.blocks: list[Block] = []
+        self.lines: list[str] = []  # finished lines of the open block
+        self.line: list[str] = []  # pieces of the open line
+        self.pre_line = False  # the open line holds preformatted text
+        self.tight = False
+        self.last_tight = False
+        self.prefix = ""  # a list marker waiting for the item's first text
+
+    def _marker(self, text: str) -> None:
+        if self.prefix and text.strip():
+            self.line.append(self.prefix)
+            self.prefix = ""
+
+    def inline(self, text: str) -> None:
+        self._marker(text)
+        self.line.append(re.sub(r"\s+", " ", text))
+
+    def pre(self, text: str) -> None:
+        self._marker(text)
+        pieces = normalize_line_ends(text).split("\n")
+        for k, piece in enumerate(pieces):
+            if k:
+                self.newline(keep_empty=True)
+            self.line.append(piece)
+            self.pre_line = True
+
+    def newline(self, keep_empty: bool = False) -> None:
+        raw = "".join(self.line)
+        line = raw.rstrip() if self.pre_line else re.sub(" {2,}", " ", raw).strip()
+        if line or (keep_empty and self.lines):
+            self.lines.append(line)
+        self.line, self.pre_line = [], False
+
+    def end_block(self, level: int = 0, tight: bool = False) -> None:
+        self.newline()
+        while self.lines and not self.lines[-1].strip():
+            self.lines.pop()
+        if self.lines:
+            self.write("\n".join(self.lines), level, tight or self.tight)
+        self.lines, self.tight = [], False
+
+    def write(self, block: str, level: int, tight: bool) -> None:
+        if self.parts:
+            sep = "\n" if tight and self.last_tight else "\n\n"
+            self.parts.append(sep)
+            self.size += len(sep)
+        self.blocks.append((self.size, self.size + len(block), level))
+        self.parts.append(block)
+        self.size += len(block)
+        self.last_tight = tight and not level
+
+    def text(self) -> str:
+        self.end_block()
+        return "".join(self.parts)
+
+
 def _load_html(path: Path, rel: str) -> Document:
+    """Visible text of an HTML page: block elements end lines, ``<br>`` breaks a line,
+    ``<pre>`` keeps its lines and indentation, headings become ``#`` lines, list items
+    ``- `` lines, the cells of a table row one line."""
     from bs4 import BeautifulSoup
     from bs4.element import NavigableString, Tag
 
@@ -152,13 +298,15 @@ def _load_html(path: Path, rel: str) -> Document:
     for tag in soup.find_all(list(_DROP_TAGS)):
         tag.decompose()
     root = soup.body or soup
-    parts: list[str] = []
+    out = _BlockText()
+    first_heading = ""
 
-    def walk(node: Tag) -> None:
+    def walk(node: Tag, in_pre: bool, lists: int) -> None:
+        nonlocal first_heading
         for child in node.children:
             if isinstance(child, NavigableString):
                 if type(child) is NavigableString:  # skip comments, doctypes, CDATA
-                    parts.append(re.sub(r"\s+", " ", str(child)))
+                    (out.pre if in_pre else out.inline)(str(child))
                 continue
             if not isinstance(child, Tag):
                 continue
@@ -166,30 +314,43 @@ def _load_html(path: Path, rel: str) -> Document:
             if name in {"h1", "h2", "h3", "h4", "h5", "h6"}:
                 heading = child.get_text(" ", strip=True)
                 if heading:
-                    parts.append(f"\n\n{'#' * int(name[1])} {heading}\n\n")
+                    out.end_block()
+                    level = int(name[1])
+                    out.lines = [f"{'#' * level} {heading}"]
+                    out.end_block(level)
+                    first_heading = first_heading or heading
                 continue
-            if name in {"td", "th"}:
-                parts.append(" ")  # cells of a row stay on one line, never glued together
+            if name == "br":
+                if in_pre:
+                    out.pre("\n")
+                else:
+                    out.newline()
+                continue
+            if name in {"td", "th"} and out.line:
+                out.inline(" ")  # cells of a row stay on one line, never glued together
             block = name in _BLOCK_TAGS
             if block:
-                parts.append("\n\n" if name not in {"li", "br", "tr", "dt", "dd"} else "\n")
+                out.end_block()
+                out.tight = name in _TIGHT_TAGS
             if name == "li":
-                parts.append("- ")
-            walk(child)
-            if block and name not in {"br", "li", "tr", "dt", "dd"}:
-                parts.append("\n\n")
+                out.prefix = "- "
+            walk(child, in_pre or name == "pre", lists + (name in {"ul", "ol"}))
+            if block:
+                out.end_block(tight=name in _TIGHT_TAGS)
+                if name not in _TIGHT_TAGS and not lists:  # a blank line after a list
+                    out.last_tight = False
 
-    walk(root)
-    text = "".join(parts)
-    text = re.sub(r"[ \t]+\n", "\n", text)
-    text = re.sub(r"\n[ \t]+", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    walk(root, False, 0)
+    text = out.text()
     if not text.strip():
         raise SkipFile("HTML has no visible text")
-    if not title:
-        m = _MD_HEADING.search(text)
-        title = m.group(2).strip() if m else ""
-    return Document(doc_id=rel, path=rel, title=title or _title_from_name(rel), text=text)
+    return Document(
+        doc_id=rel,
+        path=rel,
+        title=title or first_heading or _title_from_name(rel),
+        text=text + "\n",
+        blocks=tuple(out.blocks),
+    )
 
 
 def _load_pdf(path: Path, rel: str) -> Document:
@@ -226,9 +387,150 @@ def _load_pdf(path: Path, rel: str) -> Document:
     )
 
 
-def _load_docx(path: Path, rel: str) -> Document:
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_R_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+_MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+# never text a reader sees: deletions, field codes, properties, note reference marks
+_DOCX_SKIP = {
+    f"{_W}{name}"
+    for name in (
+        "del", "delText", "moveFrom", "instrText", "rPr", "pPr", "tblPr", "trPr", "tcPr",
+        "sdtPr", "sdtEndPr", "footnoteReference", "endnoteReference", "commentReference",
+        "annotationRef", "separator", "continuationSeparator",
+    )
+} | {_MC_FALLBACK}  # fmt: skip
+
+
+def _docx_inline_text(element: Any) -> str:
+    """The text of a paragraph as Word shows it: runs, hyperlinks, content controls,
+    tracked insertions (not deletions), field results (not field codes); hidden runs
+    (``w:vanish``) left out."""
+    out: list[str] = []
+
+    def walk(el: Any) -> None:
+        for child in el:
+            tag = child.tag
+            if not isinstance(tag, str) or tag in _DOCX_SKIP:
+                continue
+            if tag == f"{_W}r":
+                props = child.find(f"{_W}rPr")
+                if props is not None and props.find(f"{_W}vanish") is not None:
+                    continue
+            if tag == f"{_W}t":
+                out.append(child.text or "")
+            elif tag == f"{_W}tab":
+                out.append("\t")
+            elif tag in (f"{_W}br", f"{_W}cr"):
+                out.append("\n")
+            elif tag == f"{_W}noBreakHyphen":
+                out.append("-")
+            elif tag == f"{_W}softHyphen":
+                out.append("\u00ad")
+            elif tag == f"{_W}p":  # a text box inside a run
+                out.append("\n")
+                walk(child)
+            else:
+                walk(child)
+
+    walk(element)
+    return "".join(out)
+
+
+class _DocxText:
+    """Blocks of a DOCX story (body, header, footer, note) in reading order: paragraphs
+    (headings with their level), one line per table row with a merged cell's text once
+    (a vertically merged cell repeats in each row it spans, once)."""
+
+    def __init__(self, document: Any) -> None:
+        from docx.text.paragraph import Paragraph
+
+        self.document = document
+        self.paragraph = Paragraph
+        self.blocks: list[tuple[str, int]] = []
+
+    def story(self, element: Any) -> None:
+        for child in element:
+            tag = child.tag
+            if tag == f"{_W}p":
+                self._paragraph(child)
+            elif tag == f"{_W}tbl":
+                self._table(child)
+            elif tag in (f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml", f"{_W}ins"):
+                self.story(child)
+
+    def _paragraph(self, p: Any) -> None:
+        content = _docx_inline_text(p).strip()
+        if not content:
+            return
+        level = 0
+        try:
+            para = self.paragraph(p, self.document)
+            style = (para.style.name if para.style is not None else "") or ""
+        except Exception:  # a style part that cannot be read: keep the text
+            style = ""
+        if style == "Title":
+            level = 1
+        elif style.startswith("Heading"):
+            digits = style.removeprefix("Heading").strip()
+            level = int(digits) if digits.isdigit() else 1
+        if level and "\n" not in content:
+            self.blocks.append((f"{'#' * min(level, 6)} {content}", min(level, 6)))
+        else:
+            self.blocks.append((content, 0))
+
+    def _cells(self, row: Any) -> Iterator[Any]:
+        for child in row:
+            if child.tag == f"{_W}tc":
+                yield child
+            elif child.tag in (f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml"):
+                yield from self._cells(child)
+
+    def _rows(self, table: Any) -> Iterator[Any]:
+        for child in table:
+            if child.tag == f"{_W}tr":
+                yield child
+            elif child.tag in (f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml"):
+                yield from self._rows(child)
+
+    def _table(self, table: Any) -> None:
+        above: dict[int, str] = {}  # grid column -> text of the cell a vertical merge repeats
+        for row in self._rows(table):
+            cells: list[str] = []
+            column = 0
+            for tc in self._cells(row):
+                props = tc.find(f"{_W}tcPr")
+                span, merge = 1, None
+                if props is not None:
+                    grid = props.find(f"{_W}gridSpan")
+                    if grid is not None:
+                        span = max(1, int(grid.get(f"{_W}val", "1") or 1))
+                    vmerge = props.find(f"{_W}vMerge")
+                    if vmerge is not None:
+                        merge = vmerge.get(f"{_W}val", "continue")
+                if merge == "continue":
+                    text = above.get(column, "")
+                else:
+                    inner = _DocxText(self.document)
+                    inner.story(tc)
+                    text = " ".join(" ".join(b.split()) for b, _ in inner.blocks)
+                    above[column] = text
+                if text:
+                    cells.append(text)
+                column += span
+            line = " | ".join(cells)
+            if line:
+                self.blocks.append((line, 0))
+
+
+def _load_docx(path: Path, rel: str, problems: list[Skipped]) -> Document:
+    """Everything a reader sees in Word, in reading order: headers (each distinct one
+    once), the body (paragraphs, headings, tables, content controls, tracked insertions,
+    hyperlinks), footnotes, endnotes, footers (each distinct one once). A header, footer
+    or notes part that cannot be read is reported in ``problems``; the rest is kept."""
     import docx
+    from docx.opc.constants import RELATIONSHIP_TYPE as RT
     from docx.opc.exceptions import PackageNotFoundError
+    from docx.oxml.parser import parse_xml
 
     try:
         document = docx.Document(str(path))
@@ -236,47 +538,86 @@ def _load_docx(path: Path, rel: str) -> Document:
         raise SkipFile(f"broken DOCX: {exc}") from None
     except Exception as exc:  # zipfile.BadZipFile and friends
         raise SkipFile(f"broken DOCX: {type(exc).__name__}: {exc}") from None
-    from docx.table import Table
-    from docx.text.paragraph import Paragraph
 
-    blocks: list[str] = []
-    first_heading = ""
-    for child in document.element.body.iterchildren():
-        tag = child.tag.rsplit("}", 1)[-1]
-        if tag == "tbl":  # tables in reading order, one line a row
-            for row in Table(child, document).rows:
-                cells = [c.text.strip() for c in row.cells]
-                line = " | ".join(c for c in cells if c)
-                if line:
-                    blocks.append(line)
-            continue
-        if tag != "p":
-            continue
-        para = Paragraph(child, document)
-        content = para.text.strip()
-        if not content:
-            continue
-        style = (para.style.name if para.style is not None else "") or ""
-        level = 0
-        if style == "Title":
-            level = 1
-        elif style.startswith("Heading"):
-            digits = style.removeprefix("Heading").strip()
-            level = int(digits) if digits.isdigit() else 1
-        if level:
-            first_heading = first_heading or content
-            blocks.append(f"{'#' * min(level, 6)} {content}")
-        else:
-            blocks.append(content)
-    text = "\n\n".join(blocks)
+    part = document.part
+
+    def part_blocks(rid: str | None, reltype: str | None, select: str) -> list[list[str]]:
+        """Blocks of the related part(s) (by id or type), one list per story."""
+        rels = [r for r in part.rels.values() if not r.is_external]
+        if rid is not None:
+            rels = [r for r in rels if r.rId == rid]
+        elif reltype is not None:
+            rels = [r for r in rels if r.reltype == reltype]
+        stories: list[list[str]] = []
+        for r in rels:
+            target = r.target_part
+            try:
+                element = getattr(target, "element", None)
+                if element is None:
+                    element = parse_xml(target.blob)
+                roots = element.findall(select) if select else [element]
+                for root in roots:
+                    if root.get(f"{_W}type") in {"separator", "continuationSeparator"}:
+                        continue
+                    text = _DocxText(document)
+                    text.story(root)
+                    stories.append([b for b, _ in text.blocks])
+            except Exception as exc:
+                reason = f"part {target.partname} not read ({type(exc).__name__}: {exc})"
+                log.warning("%s: %s", rel, reason)
+                problems.append(Skipped(rel, reason))
+        return stories
+
+    def section_parts(kind: str) -> list[str]:
+        """Headers or footers of every section, each distinct text once."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for sect in document.element.body.iter(f"{_W}sectPr"):
+            for ref in sect.findall(f"{_W}{kind}Reference"):
+                for story in part_blocks(ref.get(_R_ID), None, ""):
+                    key = "\n".join(story)
+                    if key and key not in seen:
+                        seen.add(key)
+                        out.extend(story)
+        return out
+
+    body = _DocxText(document)
+    body.story(document.element.body)
+    blocks: list[tuple[str, int]] = [(b, 0) for b in section_parts("header")]
+    blocks += body.blocks
+    for reltype, select in ((RT.FOOTNOTES, f"{_W}footnote"), (RT.ENDNOTES, f"{_W}endnote")):
+        for story in part_blocks(None, reltype, select):
+            blocks += [(b, 0) for b in story]
+    blocks += [(b, 0) for b in section_parts("footer")]
+
+    parts: list[str] = []
+    spans: list[Block] = []
+    offset = 0
+    for raw, level in blocks:
+        content = normalize_line_ends(raw)
+        if parts:
+            parts.append("\n\n")
+            offset += 2
+        spans.append((offset, offset + len(content), level))
+        parts.append(content)
+        offset += len(content)
+    text = "".join(parts)
     if not text.strip():
         raise SkipFile("DOCX has no text")
+    first_heading = next((b.lstrip("#").strip() for b, level in body.blocks if level), "")
     title = (document.core_properties.title or "").strip() or first_heading
-    return Document(doc_id=rel, path=rel, title=title or _title_from_name(rel), text=text + "\n")
+    return Document(
+        doc_id=rel,
+        path=rel,
+        title=title or _title_from_name(rel),
+        text=text + "\n",
+        blocks=tuple(spans),
+    )
 
 
-def _load_beir_jsonl(path: Path, rel: str) -> Iterator[Document]:
-    """BEIR corpus lines: {"_id", "title", "text"}. Bad lines are logged and skipped."""
+def _load_beir_jsonl(path: Path, rel: str, problems: list[Skipped]) -> Iterator[Document]:
+    """BEIR corpus lines: {"_id", "title", "text"}. A row that cannot be read is skipped
+    and appended to ``problems`` with its line number and the reason."""
     text = decode_text(path.read_bytes())
     good = 0
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -284,15 +625,20 @@ def _load_beir_jsonl(path: Path, rel: str) -> Iterator[Document]:
             continue
         try:
             row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError(f"a JSON {type(row).__name__}, not an object")
             doc_id = str(row["_id"])
-            body = str(row.get("text") or "")
-            title = str(row.get("title") or "")
+            body = normalize_line_ends(str(row.get("text") or ""))
+            title = normalize_line_ends(str(row.get("title") or ""))
             content = f"{title}\n\n{body}" if title and body else (body or title)
             if not content.strip():
-                continue
+                raise ValueError("empty title and text")
             doc = Document(doc_id=f"{rel}#{doc_id}", path=rel, title=title or doc_id, text=content)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeError) as exc:
-            log.warning("skipped %s line %d: not a BEIR document (%s)", rel, lineno, exc)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            reason = f"line {lineno}: not a BEIR document ({what})"
+            log.warning("skipped %s %s", rel, reason)
+            problems.append(Skipped(rel, reason))
             continue
         good += 1
         yield doc

@@ -16,6 +16,7 @@ import numpy as np
 
 from qa.index import IndexData
 from qa.lexical import tokenize
+from qa.normalize import nfc
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,10 @@ class Filters:
         return self.doc_ids is not None or bool(self.path_prefix)
 
     def allows(self, doc_id: str, path: str) -> bool:
-        if self.doc_ids is not None and doc_id not in self.doc_ids:
+        """Ids and the path prefix compare in NFC (filters_from gives NFC values)."""
+        if self.doc_ids is not None and nfc(doc_id) not in self.doc_ids:
             return False
-        return not (self.path_prefix and not path.startswith(self.path_prefix))
+        return not (self.path_prefix and not nfc(path).startswith(self.path_prefix))
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,15 @@ def test_loads_every_format_and_skips_bad_files(mixed_corpus: Path) -> None:
         "beir.jsonl#d2",
     }
     skipped = {s.path: s.reason for s in report.skipped}
-    assert set(skipped) == {"binary.txt", "latin1.txt", "empty.md", "broken.pdf", "broken.docx"}
+    assert set(skipped) == {
+        "binary.txt",
+        "latin1.txt",
+        "empty.md",
+        "broken.pdf",
+        "broken.docx",
+        "beir.jsonl",  # its row on line 3 is not JSON; rows 1 and 2 are indexed
+    }
+    assert skipped["beir.jsonl"].startswith("line 3: not a BEIR document")
     assert "binary" in skipped["binary.txt"]
     assert "UTF-8" in skipped["latin1.txt"]
     assert "empty" in skipped["empty.md"]
