@@ -38,7 +38,7 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 _STOPS = "。！？｡．‼⁇⁈⁉؟۔।॥።။។"
 _CLOSERS = "\"'”’)]」』）】〉》〕"
 _SENTENCE_END = re.compile(
-    rf"""[.!?…]+["'”’)\]]*(?=\s+)|[{_STOPS}]+[{_CLOSERS}]*(?![\d{_STOPS}])"""
+    rf"""[.!?…]+["'”’)\]]*(?=\s+)|[{_STOPS}]+[{re.escape(_CLOSERS)}]*(?![\d{_STOPS}])"""
 )
 _NEXT_STARTS_SENTENCE = re.compile(r"""\s+["'“‘(\[]?[\w¿¡]""")
 _ABBREVIATIONS = {
@@ -48,6 +48,7 @@ _ABBREVIATIONS = {
     "oct", "nov", "dec", "gen", "gov", "sen", "rep", "col", "lt", "sgt", "capt", "mt",
 }  # fmt: skip
 _PARAGRAPH_ENDS = (".", "!", "?", '"', "”", "…", ")", "’", *_STOPS)
+_PIECE_TOKENS = 48  # size of the pieces an over-long sentence is cut into
 _HEADING_MAX_CHARS = 100
 _HEADING_MAX_WORDS = 14
 
@@ -193,11 +194,14 @@ def _append_trimmed(text: str, s: int, e: int, out: list[tuple[int, int]]) -> No
 
 
 def _split_long(
-    text: str, s: int, e: int, max_tokens: int, count: TokenCounter
+    text: str, s: int, e: int, limit: int, count: TokenCounter
 ) -> list[tuple[int, int, int]]:
-    """Cut ``text[s:e]`` into pieces of at most ``max_tokens`` word pieces, as
-    (start, end, tokens): between words where it can, and a word over the limit (a run
-    without spaces) by :func:`_cut_run`. Every piece is counted again as a whole."""
+    """Cut an over-long sentence ``text[s:e]`` into pieces of sentence size (at most
+    ``_PIECE_TOKENS`` and ``limit`` word pieces), as (start, end, tokens): between words
+    where it can, and a word over that size (a run without spaces) by :func:`_cut_run`.
+    Every piece is counted again as a whole. Pieces of sentence size give the highlight
+    and answer a passage of their own (``"retention_days":45`` out of a one-line JSON)."""
+    max_tokens = min(limit, _PIECE_TOKENS)
     words = [(s + m.start(), s + m.end()) for m in re.finditer(r"\S+", text[s:e])]
     counts = count([text[a:b] for a, b in words])
     pieces: list[tuple[int, int]] = []
@@ -232,6 +236,26 @@ def _joins_next(ch: str) -> bool:
     return unicodedata.category(ch) in {"Mn", "Mc", "Me"} or ch in "\u200d\ufe0e\ufe0f"
 
 
+_CLAUSE_ENDS = ",;})]>|，、；：。！？"
+
+
+def _soft_cut(text: str, s: int, end: int) -> int | None:
+    """The last place in the second half of ``text[s:end]`` to cut a run without spaces:
+    after a clause mark (``,;})]``, CJK commas), else after any other punctuation (not
+    ``_`` or a joiner); None when there is neither."""
+    half = s + (end - s) // 2
+    for ok in (
+        lambda ch: ch in _CLAUSE_ENDS or ch.isspace(),
+        lambda ch: not (ch.isalnum() or ch == "_" or _joins_next(ch)),
+    ):
+        p = end
+        while p > half and not ok(text[p - 1]):
+            p -= 1
+        if p > half:
+            return p
+    return None
+
+
 def _cut_run(
     text: str, s: int, e: int, max_tokens: int, count: TokenCounter
 ) -> list[tuple[int, int, int]]:
@@ -260,19 +284,13 @@ def _cut_run(
                 else:
                     hi = mid
             end, n = lo, n_lo
-            soft = end
-            while soft > s + (end - s) // 2 and (
-                text[soft - 1].isalnum() or _joins_next(text[soft - 1])
-            ):
-                soft -= 1
-            if soft > s + (end - s) // 2:
-                n_soft = count([text[s:soft]])[0]
-                if n_soft <= max_tokens:
-                    end, n = soft, n_soft
-            while end > s + 1 and end < e and _joins_next(text[end]):
-                end -= 1
-            if end != lo:
-                n = count([text[s:end]])[0]
+            cut = _soft_cut(text, s, lo) or lo
+            while cut > s + 1 and _joins_next(text[cut]):
+                cut -= 1
+            if cut != lo:
+                n_cut = count([text[s:cut]])[0]
+                if n_cut <= max_tokens:
+                    end, n = cut, n_cut
         trimmed = end
         while trimmed > s and text[trimmed - 1].isspace():
             trimmed -= 1

@@ -43,7 +43,8 @@ from qa.store import FaissStore
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers
+FORMAT_VERSION = 4  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers;
+# 4: search normalisation (NFKC) of BM25 tokens and embedder input, chunks within the window
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 MANIFEST = "manifest.json"
