@@ -302,7 +302,7 @@ def _cut_run(
 def _heading_title(line: str) -> str:
     """A heading's text: its first line without ``#`` marks (ATX or setext headings)."""
     first = _LINE_END.split(line.strip(), 1)[0]
-    return re.sub(r"\s+#+\s*$", "", re.sub(r"^#+\s*", "", first)).strip()
+    return re.sub(r"\s+#+\s*$", "", re.sub(r"^[\s>]*#*\s*", "", first)).strip()
 
 
 def _section(path: str) -> str:

@@ -158,16 +158,16 @@ def _load_text(path: Path, rel: str, *, markdown: bool) -> Document:
 def markdown_blocks(text: str) -> tuple[tuple[Block, ...], str]:
     """Leaf blocks of Markdown ``text`` as markdown-it-py (CommonMark + tables) parses it,
     from its source line maps: headings (with their level; ATX or setext), paragraphs,
-    list items, block quotes' paragraphs, code fences and indented code (one block each),
+    list items, block quotes' paragraphs (a heading inside a quote or list item is body
+    text), code fences and indented code (one block each),
     table rows, HTML blocks. A line no block claims (a link reference definition) is a
     block of its own, so no text is lost. Returns (blocks in order, first heading's text).
     """
     from markdown_it import MarkdownIt
 
     tokens = MarkdownIt("commonmark").enable("table").parse(text)
-    starts = [0]
-    for line in text.split("\n"):
-        starts.append(starts[-1] + len(line) + 1)
+    starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", text)]  # as markdown-it
+    starts.append(len(text) + 1)
     n_lines = len(starts) - 1
     spans: list[tuple[int, int, int]] = []  # first line, end line (exclusive), level
     title = ""
@@ -179,9 +179,9 @@ def markdown_blocks(text: str) -> tuple[tuple[Block, ...], str]:
             inside_table -= 1
         if tok.map is None:
             continue
-        if tok.type == "heading_open":
-            spans.append((tok.map[0], tok.map[1], int(tok.tag[1])))
-            if not title and i + 1 < len(tokens):
+        if tok.type == "heading_open":  # inside a quote or list item it labels nothing
+            spans.append((tok.map[0], tok.map[1], int(tok.tag[1]) if tok.level == 0 else 0))
+            if not title and tok.level == 0 and i + 1 < len(tokens):
                 title = tokens[i + 1].content.strip()
         elif tok.type == "tr_open" or (
             not inside_table
@@ -203,8 +203,12 @@ def markdown_blocks(text: str) -> tuple[tuple[Block, ...], str]:
             start += 1
         while end > start and text[end - 1].isspace():
             end -= 1
-        if end > start and (not blocks or start >= blocks[-1][1]):
-            blocks.append((start, end, level))
+        if end <= start:
+            continue
+        if blocks and start < blocks[-1][1]:  # overlapping maps: one block, nothing lost
+            prev = blocks.pop()
+            start, end, level = prev[0], max(prev[1], end), prev[2]
+        blocks.append((start, end, level))
     return tuple(blocks), title
 
 
