@@ -13,6 +13,7 @@ import json
 import re
 import unicodedata
 import zipfile
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def _tokenizer():  # type: ignore[no-untyped-def]
     return tokenizer
 
 
-def model_count(texts: list[str] | tuple[str, ...]) -> list[int]:
+def model_count(texts: Sequence[str]) -> list[int]:
     """Word pieces of each text as SentenceTransformerEmbedder.count_tokens counts them."""
     if not texts:
         return []
