@@ -35,7 +35,7 @@ def test_manifest_names_model_settings_documents_and_checksums(
 ) -> None:
     report = build(settings, fake_embedder)
     manifest = read_manifest(report.path)
-    assert manifest["format_version"] == 3
+    assert manifest["format_version"] == FORMAT_VERSION == 4
     assert manifest["model"] == {"id": "fake-embedder", "dimension": 64}
     assert manifest["chunker"] == {"chunk_tokens": 192, "overlap_tokens": 32}
     assert set(manifest["documents"]) == {"nato-indo-pacific.txt", "notes/baking.md"}
