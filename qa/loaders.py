@@ -156,10 +156,10 @@ def _load_text(path: Path, rel: str, *, markdown: bool) -> Document:
 def markdown_blocks(text: str) -> tuple[tuple[Block, ...], str]:
     """Leaf blocks of Markdown ``text`` as markdown-it-py (CommonMark + tables) parses it,
     from its source line maps: headings (with their level; ATX or setext), paragraphs,
-    list items, block quotes' paragraphs (a heading inside a quote or list item is body
-    text), code fences and indented code (one block each),
-    table rows, HTML blocks. A line no block claims (a link reference definition) is a
-    block of its own, so no text is lost. Returns (blocks in order, first heading's text).
+    list items, block quotes' paragraphs, code fences and indented code (one block each),
+    table rows, HTML blocks. A heading inside a quote or list item is body text. A line no
+    block claims (a link reference definition, a table's delimiter row) is a block of its
+    own, so no text is lost. Returns (blocks in order, the first heading's text).
     """
     from markdown_it import MarkdownIt
 
