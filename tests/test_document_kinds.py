@@ -427,10 +427,14 @@ def test_every_skipped_beir_row_is_reported_with_its_line(tmp_path: Path) -> Non
 
     from qa.http import create_app
 
-    engine = Engine(settings_, embedder=FakeEmbedder())
+    admin = settings_.model_copy(update={"admin_token": "t0ken"})
+    engine = Engine(admin, embedder=FakeEmbedder())
     engine.load()
-    with TestClient(create_app(settings_, engine, load=False)) as client:
-        assert client.get("/v1/index").json()["skipped"] == report.skipped
+    with TestClient(create_app(admin, engine, load=False), base_url="http://localhost") as client:
+        resp = client.get("/v1/index", headers={"Authorization": "Bearer t0ken"})
+        assert resp.status_code == 200, resp.text
+        index = resp.json()
+        assert index["skipped"] == report.skipped  # skipped files are shown to the admin
 
 
 # --- 5. Structure from real parsers ------------------------------------------------------

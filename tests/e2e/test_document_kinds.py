@@ -47,7 +47,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         + json.dumps({"_id": "d3", "title": "Canteen", "text": "The canteen opens at 7."}).encode()
         + b'\n{"_id": "d4", "title": "Broken\n'
     )
-    env = qa_env(corpus, root / "index")
+    env = qa_env(corpus, root / "index", QA_ADMIN_TOKEN="t0ken")
     url, proc = start_server(env)
     yield Server(url, corpus, root / "index", env, proc)
     stop(proc)
@@ -140,7 +140,8 @@ def test_kind4_bom_loses_no_row_and_reports_a_bad_one(cases: Server) -> None:
     assert {"bom/faq.jsonl#d1", "bom/faq.jsonl#d2", "bom/more.jsonl#d3"} <= set(docs)
     assert docs["bom/guide.md"]["title"] == "Installation guide"
     assert not document(cases, "bom/guide.md")["text"].startswith("\ufeff")
-    skipped = httpx.get(f"{cases.url}/v1/index", timeout=60).json()["skipped"]
+    index = httpx.get(f"{cases.url}/v1/index", headers={"Authorization": "Bearer t0ken"})
+    skipped = index.json()["skipped"]  # skipped files are listed to the admin
     assert [s["path"] for s in skipped] == ["bom/more.jsonl"]
     assert skipped[0]["reason"].startswith("line 2: not a BEIR document")
 
