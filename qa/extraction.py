@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from qa.corpus_files import OUTSIDE, CorpusFile, inside
 from qa.documents import Document
 from qa.errors import QAError
-from qa.loaders import SkipFile, load_file
+from qa.loaders import SkipFile, Skipped, load_file
 
 if TYPE_CHECKING:
     from qa.settings import Settings
@@ -201,7 +201,16 @@ def check_pdf(path: Path, limits: CorpusLimits) -> None:
 _CHECKS = {".docx": check_zip, ".html": check_html, ".htm": check_html, ".pdf": check_pdf}
 
 
-def extract_file(path: Path, rel: str, root: Path, limits: CorpusLimits) -> list[Document]:
+class Extracted(list[Document]):
+    """A file's documents, with what inside the file could not be read (BEIR rows, DOCX
+    parts) in ``problems``; load_corpus reports those."""
+
+    def __init__(self, documents: Sequence[Document] = (), problems: Sequence[Skipped] = ()):
+        super().__init__(documents)
+        self.problems = list(problems)
+
+
+def extract_file(path: Path, rel: str, root: Path, limits: CorpusLimits) -> Extracted:
     """The documents of one corpus file, in this process, with every limit but time and
     memory checked. ``path`` is the resolved file, ``rel`` its path in the corpus, ``root``
     the resolved corpus folder. Raises SkipFile with the reason."""
@@ -221,7 +230,8 @@ def extract_file(path: Path, rel: str, root: Path, limits: CorpusLimits) -> list
         check(real, limits)
     documents: list[Document] = []
     chars = 0
-    for doc in load_file(real, rel):
+    problems: list[Skipped] = []
+    for doc in load_file(real, rel, problems):
         chars += len(doc.text)
         if chars > limits.max_text_chars:
             raise SkipFile(
@@ -229,7 +239,7 @@ def extract_file(path: Path, rel: str, root: Path, limits: CorpusLimits) -> list
                 f"(QA_MAX_TEXT_CHARS)"
             )
         documents.append(doc)
-    return documents
+    return Extracted(documents, problems)
 
 
 # ------------------------------------------------------------------------- the reader process
@@ -428,17 +438,21 @@ class Extractor:
             self._stop()
         if not reply["ok"]:
             return SkipFile(str(reply["reason"]))
-        return [
-            Document(
-                doc_id=d["doc_id"],
-                path=d["path"],
-                title=d["title"],
-                text=d["text"],
-                page_starts=tuple(d["page_starts"]),
-                sha256=d["sha256"],
-            )
-            for d in reply["documents"]
-        ]
+        return Extracted(
+            [
+                Document(
+                    doc_id=d["doc_id"],
+                    path=d["path"],
+                    title=d["title"],
+                    text=d["text"],
+                    page_starts=tuple(d["page_starts"]),
+                    blocks=tuple((int(a), int(b), int(c)) for a, b, c in d.get("blocks", ())),
+                    sha256=d["sha256"],
+                )
+                for d in reply["documents"]
+            ],
+            [Skipped(str(p), str(r)) for p, r in reply.get("problems", ())],
+        )
 
 
 _shared: Extractor | None = None
@@ -511,10 +525,12 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
                         "title": d.title,
                         "text": d.text,
                         "page_starts": list(d.page_starts),
+                        "blocks": [list(b) for b in d.blocks],
                         "sha256": d.sha256,
                     }
                     for d in docs
                 ],
+                "problems": [[p.path, p.reason] for p in docs.problems],
             }
         except SkipFile as exc:
             reply = {"ok": False, "reason": str(exc)}
@@ -533,6 +549,7 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
 
 __all__ = [
     "CorpusLimits",
+    "Extracted",
     "Extractor",
     "check_html",
     "check_pdf",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import unicodedata
 import zipfile
 from collections.abc import Sequence
@@ -501,3 +502,15 @@ def test_label_lines_stay_with_their_value_and_are_not_headings() -> None:
         for s, e in sents
     }
     assert "Emergency phone number:\n0161 496 0731" in md_sentences
+
+
+def test_the_reader_process_hands_back_blocks_and_unreadable_rows(tmp_path: Path) -> None:
+    corpus = tmp_path / "c"
+    shutil.copytree(CASES / "markdown-code-fence", corpus)
+    (corpus / "rows.jsonl").write_text('{"_id": "a", "text": "Alpha."}\n{broken\n', "utf-8")
+    report = load_corpus(corpus)  # read in the worker process (qa.extraction)
+    docs = {d.doc_id: d for d in report.documents}
+    assert docs["deploy.md"].blocks == load_case("markdown-code-fence", "deploy.md").blocks
+    assert report.skipped_rows() == [
+        {"path": "rows.jsonl", "reason": report.skipped[0].reason}
+    ] and report.skipped[0].reason.startswith("line 2: not a BEIR document")
