@@ -83,3 +83,54 @@ class BM25Index:
             return cls(bm25s.BM25(), size)
         retriever = bm25s.BM25.load(str(target), mmap=False, allow_pickle=False)
         return cls(retriever, size)
+
+
+# --- exact identifiers -------------------------------------------------------------------------
+# A maximal run of word characters joined by . - + : / @ (10.0.3.17, 2.14.3, libcurl3-gnutls,
+# batch-3a914.csv, os.path.join). Matched whole only: 10.0.3.17 never matches 10.0.3.171.
+_IDENTIFIER = re.compile(r"\w+(?:[-.+:/@]\w+)*")
+_JOINED = re.compile(r"[^\W_][_./@][^\W_]")  # two letters or digits joined by _ . / @
+
+
+def identifiers(text: str) -> set[str]:
+    """The identifiers of ``text``, lower-cased: whole tokens that hold a digit (codes,
+    numbers, IPs, versions, dates, error codes) or join words with ``_ . / @`` (file names,
+    dotted and snake_case names). Plain words and hyphenated words are not identifiers."""
+    out = set()
+    for match in _IDENTIFIER.finditer(search_form(text).lower()):
+        token = match.group(0)
+        if any(ch.isdigit() for ch in token) or _JOINED.search(token):
+            out.add(token)
+    return out
+
+
+class IdentifierIndex:
+    """Which chunks hold each identifier, for exact matching of rare identifiers.
+
+    ``match`` gives each chunk the mean, over the question's identifiers found in the
+    corpus, of ``rarity`` = log(N / df) / log(N) for the identifiers it holds: 1 for an
+    identifier only that chunk holds, near 0 for one in most chunks (N chunks, df chunks
+    holding it; the usual inverse document frequency, scaled to [0, 1]).
+    """
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        postings: dict[str, list[int]] = {}
+        for row, text in enumerate(texts):
+            for token in identifiers(text):
+                postings.setdefault(token, []).append(row)
+        self._postings = {t: np.asarray(rows, dtype=np.int64) for t, rows in postings.items()}
+        self.size = len(texts)
+
+    def match(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, score in (0, 1]) of the chunks holding any of the query's identifiers."""
+        found = [self._postings[t] for t in sorted(identifiers(query)) if t in self._postings]
+        if not found or self.size < 2:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        log_n = np.log(self.size)
+        rarity = [np.log(self.size / len(rows)) / log_n / len(found) for rows in found]
+        all_rows = np.concatenate(found)
+        weights = np.repeat(np.asarray(rarity, dtype=np.float64), [len(r) for r in found])
+        rows_out, inverse = np.unique(all_rows, return_inverse=True)
+        values = np.bincount(inverse, weights=weights).astype(np.float32)
+        keep = values > 0
+        return rows_out[keep], values[keep]

@@ -1,10 +1,12 @@
 """Search: dense (FAISS) and BM25 candidates fused into one ranking, near-duplicates removed.
 
-Fusion is a convex combination of normalised scores. Each retriever's scores are divided
-by its best score for the query, so both lie in [0, 1] with the top hit at 1; the dense
-side keeps its cosine scale below that (a weak dense match stays weak). The weight of BM25
-adapts to how confident the dense model is on the query: when the best cosine is low (a
-language or vocabulary the model does not know) BM25 takes over.
+Fusion is a convex combination of normalised scores plus an exact-identifier score:
+``(1 - w) * dense_minmax + w * bm25 / best_bm25 + exact_weight * exact``. The BM25 share
+``w`` moves toward the retriever whose top hit stands out more (the gap rule) and toward
+BM25 on a corpus in a language the model does not know; ``exact`` is the rarity of the
+question's identifiers that a chunk holds verbatim (``qa.lexical.IdentifierIndex``). The
+constants were measured by leave-one-set-out over six BEIR-form sets (``bench/fusion.py``,
+docs/quality.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qa.index import IndexData
-from qa.lexical import tokenize
+from qa.lexical import IdentifierIndex, tokenize
 from qa.normalize import nfc
 
 
@@ -38,15 +40,15 @@ class Filters:
 @dataclass(frozen=True)
 class FusionConfig:
     mode: str = "hybrid"  # hybrid | dense | bm25
-    lexical_weight: float = 0.2  # BM25 share when the dense model is confident
-    confident_cosine: float = 0.45  # best cosine at/above which dense is trusted fully
-    unsure_cosine: float = 0.15  # best cosine at/below which BM25 leads
+    lexical_weight: float = 0.2  # BM25 share of the fused score
+    exact_weight: float = 0.5  # weight of the exact-identifier score added to the fused score
     dedupe_overlap: float = 0.5  # drop a hit sharing this share of a better hit's span
     gap_gain: float = 0.5  # shift weight toward the retriever whose top hit stands out more
     sentence_weight: float = 0.5  # share of the best sentence's cosine in a chunk's dense score
     prf_k: int = 10  # pseudo-relevance feedback: top chunks averaged into the query vector
     prf_beta: float = 0.3  # weight of their mean vector
     prf_min_chunks: int = 200  # no feedback on smaller corpora: their top k is not a signal
+    language_rule: bool = True  # lean on BM25 for a corpus the tokenizer shreds (word pieces)
     familiar_wppw: float = 1.3  # word pieces per word of a corpus in the model's language
     foreign_wppw: float = 2.0  # ... and of one in a language the model does not know
 
@@ -76,21 +78,56 @@ def _gap(normalised: np.ndarray) -> float:
 
 def familiarity(word_pieces_per_word: float, config: FusionConfig) -> float:
     """1 for a corpus in the model's language, falling to 0 as its tokenizer shreds it."""
+    if not config.language_rule:
+        return 1.0
     lo, hi = config.familiar_wppw, config.foreign_wppw
     return float(np.clip((hi - word_pieces_per_word) / (hi - lo), 0.0, 1.0))
 
 
-def lexical_weight(best_cosine: float, config: FusionConfig, known: float = 1.0) -> float:
-    """BM25's share: ``lexical_weight`` when dense is confident and the corpus is in the
-    model's language, rising to 0.8 when the question or the corpus is foreign to it."""
-    lo, hi = config.unsure_cosine, config.confident_cosine
-    base = 0.8 + known * (config.lexical_weight - 0.8)
-    if best_cosine >= hi:
-        return base
-    if best_cosine <= lo:
-        return 0.8
-    t = (best_cosine - lo) / (hi - lo)
-    return 0.8 + t * (base - 0.8)
+def lexical_weight(config: FusionConfig, known: float = 1.0) -> float:
+    """BM25's share before the gap rule: ``lexical_weight`` for a corpus in the model's
+    language, sliding to 0.8 as the corpus gets foreign to it (``known`` from 1 to 0)."""
+    return 0.8 + known * (config.lexical_weight - 0.8)
+
+
+def _minmax(scores: np.ndarray) -> np.ndarray:
+    """Scores mapped onto [0, 1] over the candidates (all 1 when they are equal)."""
+    lo, hi = float(scores.min()), float(scores.max())
+    out: np.ndarray = (scores - lo) / (hi - lo) if hi > lo else np.ones_like(scores)
+    return out
+
+
+def fuse(
+    dense: np.ndarray,
+    lexical: np.ndarray,
+    exact: np.ndarray,
+    config: FusionConfig,
+    known: float = 1.0,
+) -> np.ndarray:
+    """Fused score of each candidate chunk (higher is better), shape (n,).
+
+    ``dense``: the dense score used for ranking (with feedback), ``lexical``: BM25 (0 where
+    no term matches), ``exact``: the exact-identifier score (``IdentifierIndex.match``),
+    all shape (n,);
+    ``known``: the corpus's familiarity to the model (``familiarity``).
+    """
+    if config.mode == "dense":
+        return dense
+    lex_max = float(lexical.max()) if len(lexical) else 0.0
+    if config.mode == "bm25":
+        return lexical / lex_max if lex_max > 0 else np.zeros_like(lexical)
+    dense_n = _minmax(dense)
+    if lex_max <= 0:
+        fused = dense_n
+    else:
+        lex_n = lexical / lex_max
+        w = lexical_weight(config, known)
+        if config.gap_gain and len(dense) > 1:
+            w = float(np.clip(w + config.gap_gain * (_gap(lex_n) - _gap(dense_n)), 0.05, 0.8))
+        fused = (1 - w) * dense_n + w * lex_n
+    if config.exact_weight:
+        fused = fused + config.exact_weight * exact
+    return fused
 
 
 class Searcher:
@@ -104,6 +141,7 @@ class Searcher:
         self.fusion = fusion or FusionConfig()
         self.familiarity = familiarity(data.word_pieces_per_word, self.fusion)
         self._paths = [data.documents[c.doc_id].path for c in data.chunks]
+        self.identifiers = IdentifierIndex([c.text for c in data.chunks])
 
     def _allowed_rows(self, filters: Filters) -> np.ndarray:
         return np.array(
@@ -127,6 +165,11 @@ class Searcher:
             return []
         c = min(self.candidates, n)
         lexical = data.bm25.scores(query) if cfg.mode != "dense" else np.zeros(n, np.float32)
+        exact = np.zeros(n, dtype=np.float32)
+        exact_rows = np.zeros(0, dtype=np.int64)
+        if cfg.mode == "hybrid" and cfg.exact_weight:
+            exact_rows, values = self.identifiers.match(query)
+            exact[exact_rows] = values
         allowed: np.ndarray | None = None
         mask = None
         if filters is not None and filters.active:
@@ -136,8 +179,9 @@ class Searcher:
             mask = np.zeros(n, dtype=bool)
             mask[allowed] = True
             lexical = np.where(mask, lexical, 0.0).astype(np.float32)
-        rank_vector = self._feedback(vector, allowed)
-        dense_rows = self._dense_top(rank_vector, c, allowed)
+            exact_rows = exact_rows[mask[exact_rows]]
+        rank_vector = self.feedback_vector(vector, allowed)
+        dense_rows = self.dense_top(rank_vector, c, allowed)
         lex_rows = _top(lexical, c)
         lex_rows = lex_rows[lexical[lex_rows] > 0]
         if mask is not None:
@@ -147,29 +191,14 @@ class Searcher:
         elif cfg.mode == "bm25":
             rows = lex_rows if len(lex_rows) else dense_rows[:0]
         else:
-            rows = np.unique(np.concatenate([dense_rows, lex_rows]))
+            # every chunk holding one of the question's identifiers is a candidate
+            rows = np.unique(np.concatenate([dense_rows, lex_rows, exact_rows]))
         if len(rows) == 0:
             return []
-        dense = self._dense_scores(rows, rank_vector)
-        plain = dense if rank_vector is vector else self._dense_scores(rows, vector)
+        dense = self.dense_scores(rows, rank_vector)
+        plain = dense if rank_vector is vector else self.dense_scores(rows, vector)
         lex = lexical[rows]
-        best_dense = float(dense.max())
-        confidence = float(plain.max())  # how well the model understood the question itself
-        lex_max = float(lex.max()) if len(lex) else 0.0
-        lex_norm = lex / lex_max if lex_max > 0 else np.zeros_like(lex)
-        if cfg.mode == "dense":
-            fused = dense
-        elif cfg.mode == "bm25":
-            fused = lex_norm
-        else:
-            w = lexical_weight(confidence, cfg, self.familiarity) if lex_max > 0 else 0.0
-            spread = best_dense - float(dense.min())
-            dense_norm = (dense - dense.min()) / spread if spread > 0 else np.ones_like(dense)
-            if cfg.gap_gain and w > 0 and len(rows) > 1:
-                w = float(
-                    np.clip(w + cfg.gap_gain * (_gap(lex_norm) - _gap(dense_norm)), 0.05, 0.8)
-                )
-            fused = (1 - w) * dense_norm + w * lex_norm
+        fused = fuse(dense, lex, exact[rows], cfg, self.familiarity)
         order = np.argsort(-fused, kind="stable")
         hits: list[Hit] = []
         chosen: list[tuple[str, int, int]] = []
@@ -186,14 +215,14 @@ class Searcher:
             self._highlight(query, vector, hits)
         return hits
 
-    def _dense_top(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
+    def dense_top(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
         if allowed is None:
             rows: np.ndarray = self.data.store.search(vector, k)[0]
             return rows
         picked: np.ndarray = allowed[_top(self.data.chunk_vectors[allowed] @ vector, k)]
         return picked
 
-    def _feedback(self, vector: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    def feedback_vector(self, vector: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
         """Rocchio pseudo-relevance feedback: move the query toward its top chunks."""
         cfg = self.fusion
         pool = len(self.data.chunks) if allowed is None else len(allowed)
@@ -201,12 +230,12 @@ class Searcher:
             return vector
         if self.familiarity < 0.5:  # the model's top hits are not evidence to expand with
             return vector
-        seeds = self._dense_top(vector, cfg.prf_k, allowed)
+        seeds = self.dense_top(vector, cfg.prf_k, allowed)
         expanded = vector + cfg.prf_beta * self.data.chunk_vectors[seeds].mean(axis=0)
         out: np.ndarray = (expanded / np.linalg.norm(expanded)).astype(np.float32)
         return out
 
-    def _dense_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    def dense_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Cosine of each chunk, blended with the cosine of its best-matching sentence."""
         data = self.data
         chunk_cos: np.ndarray = data.chunk_vectors[rows] @ vector

@@ -16,7 +16,13 @@ from qa.evaluation import load_dataset
 EVAL = Path(__file__).resolve().parent.parent / "eval"
 BEIR_SETS = sorted(p for p in EVAL.iterdir() if (p / "corpus.jsonl").is_file())
 # (min docs, max docs) agreed for each set; a new set must be added here
-BOUNDS = {"multilingual-de": (100, 1000), "keywords": (300, 3000)}
+BOUNDS = {
+    "multilingual-de": (100, 1000),
+    "keywords": (300, 3000),
+    "manpages-en": (500, 3000),
+    "pydocs-html": (1000, 3000),
+    "identifiers": (2000, 3000),
+}
 MAX_CORPUS_BYTES = 2_000_000
 MIN_QUERIES = 30
 

@@ -7,7 +7,7 @@ import pytest
 
 from qa.engine import ABSTAIN_MESSAGE, Engine, filters_from
 from qa.errors import InvalidRequest, NotFound
-from qa.search import FusionConfig, Searcher, lexical_weight
+from qa.search import FusionConfig, Searcher, familiarity, lexical_weight
 
 
 def test_answer_cites_the_best_passage_and_highlight_lies_inside(engine: Engine) -> None:
@@ -96,11 +96,11 @@ def test_modes_rank_with_their_own_signal(engine: Engine) -> None:
         assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
-def test_bm25_takes_over_when_dense_is_unsure() -> None:
+def test_bm25_takes_over_on_a_corpus_foreign_to_the_model() -> None:
     cfg = FusionConfig()
-    assert lexical_weight(0.9, cfg) == pytest.approx(cfg.lexical_weight)
-    assert lexical_weight(0.0, cfg) == pytest.approx(0.8)
-    middle = lexical_weight((cfg.unsure_cosine + cfg.confident_cosine) / 2, cfg)
+    assert lexical_weight(cfg, familiarity(1.1, cfg)) == pytest.approx(cfg.lexical_weight)
+    assert lexical_weight(cfg, familiarity(2.2, cfg)) == pytest.approx(0.8)
+    middle = lexical_weight(cfg, familiarity((cfg.familiar_wppw + cfg.foreign_wppw) / 2, cfg))
     assert cfg.lexical_weight < middle < 0.8
 
 
