@@ -480,26 +480,21 @@ class _DocxText:
         else:
             self.blocks.append((content, 0))
 
-    def _cells(self, row: Any) -> Iterator[Any]:
-        for child in row:
-            if child.tag == f"{_W}tc":
+    def _children(self, parent: Any, tag: str) -> Iterator[Any]:
+        """The ``tag`` children of ``parent`` (rows of a table, cells of a row), also those
+        wrapped in content controls or custom XML."""
+        for child in parent:
+            if child.tag == tag:
                 yield child
             elif child.tag in (f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml"):
-                yield from self._cells(child)
-
-    def _rows(self, table: Any) -> Iterator[Any]:
-        for child in table:
-            if child.tag == f"{_W}tr":
-                yield child
-            elif child.tag in (f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml"):
-                yield from self._rows(child)
+                yield from self._children(child, tag)
 
     def _table(self, table: Any) -> None:
         above: dict[int, str] = {}  # grid column -> text of the cell a vertical merge repeats
-        for row in self._rows(table):
+        for row in self._children(table, f"{_W}tr"):
             cells: list[str] = []
             column = 0
-            for tc in self._cells(row):
+            for tc in self._children(row, f"{_W}tc"):
                 props = tc.find(f"{_W}tcPr")
                 span, merge = 1, None
                 if props is not None:
