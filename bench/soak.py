@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from bench.server import start_server
+from bench.server import stop as stop_server
 from bench.updates import make_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +63,6 @@ def rss_kib(pid: int) -> int:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Load:
@@ -200,31 +193,11 @@ def main() -> int:
         "QA_RELOAD_INTERVAL": "1",
         "QA_LOG_FORMAT": "json",
     }
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = work / "server.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "qa", "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"server exited with {server.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server not ready; see {log_path}")
-            time.sleep(0.5)
-
+        url, server = start_server(env, work, cwd=ROOT, timeout=600, poll=0.5)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    try:
         load = Load()
         updates: list[dict[str, Any]] = []
         rss: list[tuple[float, int]] = []
@@ -260,11 +233,7 @@ def main() -> int:
         elapsed = time.monotonic() - began
         metrics = httpx.get(f"{url}/metrics").text
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, timeout=30)
 
     first = [kib for t, kib in rss if t < 60]
     last = [kib for t, kib in rss if t >= elapsed - 60]

@@ -16,16 +16,17 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the repo's bench package importable
+
+from bench.server import start_server  # noqa: E402
+from bench.server import stop as stop_server  # noqa: E402
+
 TOKEN = "fuzz-token"
 CHECKS = [
     "not_a_server_error",
@@ -37,12 +38,6 @@ CHECKS = [
     "unsupported_method",
     "allow_header_conformance",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:
@@ -59,32 +54,12 @@ def main() -> int:
         "QA_INDEX_DIR": str(work / "index"),
         "QA_ADMIN_TOKEN": TOKEN,
     }
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = work / "server.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "qa", "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                print(log_path.read_text(), file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                print(f"server not ready; see {log_path}", file=sys.stderr)
-                return 1
-            time.sleep(0.3)
+        url, server = start_server(env, work, cwd=ROOT, timeout=300, poll=0.3)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
         har = work / "requests.har"
         run = subprocess.run(
             [
@@ -118,14 +93,10 @@ def main() -> int:
         requests = len(json.loads(har.read_text())["log"]["entries"]) if har.exists() else 0
         print(f"schemathesis made {requests} requests to {url}; exit code {run.returncode}")
         if run.returncode != 0:
-            print(f"server log: {log_path}", file=sys.stderr)
+            print(f"server log: {work}", file=sys.stderr)
             return run.returncode
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server, timeout=30)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

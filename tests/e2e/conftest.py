@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from bench import server as bench_server
+from bench.server import stop
 from tests.conftest import DEFAULT_CORPUS
 
 QA = [sys.executable, "-m", "qa"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -50,33 +43,10 @@ def run_qa(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
 def start_server(
     env: dict[str, str], *args: str, timeout: float = 300, wait_for: str = "/readyz"
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start `qa serve` on a free port; return once ``wait_for`` answers 200."""
-    port = free_port()
-    log = open(Path(env["QA_INDEX_DIR"]).parent / f"server-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [*QA, "serve", "--port", str(port), *args], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{url}{wait_for}", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server not ready after {timeout}s; see {log.name}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    """Start `qa serve` on a free port (log beside the index); return once ``wait_for``
+    answers 200."""
+    log_dir = Path(env["QA_INDEX_DIR"]).parent
+    return bench_server.start_server(env, log_dir, *args, timeout=timeout, wait_for=wait_for)
 
 
 @pytest.fixture(scope="session")
