@@ -127,24 +127,13 @@ def test_a_folder_swapped_for_a_link_after_the_walk_is_not_read(
         shared_extractor().extract(baking, found.root, CorpusLimits())
 
 
-def _settings(tmp_path: Path, corpus: Path) -> Settings:
-    return Settings(
-        corpus_dir=corpus,
-        index_dir=tmp_path / "index",
-        cache_dir=tmp_path / "cache",
-        embedding_model="fake-embedder",
-        min_score=0.05,
-        allowed_hosts=["testserver"],  # Starlette's TestClient sends Host: testserver
-    )
-
-
 def test_an_index_built_before_the_boundary_is_stale_and_the_next_update_drops_the_leak(
-    tmp_path: Path, linked_corpus: Path
+    settings: Settings, linked_corpus: Path
 ) -> None:
     """An older qa followed ``secret.md`` into the index. The serving path reads only the
     index, so the leak is served until the index is rebuilt: status says it is stale (which
     makes `qa serve` rebuild first) and the update removes it."""
-    settings = _settings(tmp_path, linked_corpus)
+    settings = settings.model_copy(update={"corpus_dir": linked_corpus})
     spec, embedder = spec_from_settings(settings), FakeEmbedder()
     old = load_corpus(linked_corpus, CorpusLimits(follow_external_symlinks=True))
     leaked = LoadReport(
@@ -161,10 +150,9 @@ def test_an_index_built_before_the_boundary_is_stale_and_the_next_update_drops_t
     assert all(SECRET not in engine.document(d.doc_id).text for d in engine.documents())
 
 
-def test_serving_reads_the_index_not_the_corpus(tmp_path: Path, corpus_dir: Path) -> None:
+def test_serving_reads_the_index_not_the_corpus(settings: Settings, corpus_dir: Path) -> None:
     """/v1/documents, /v1/ask and MCP resources/read answer from the index alone: with the
     corpus folder gone they still serve exactly what was indexed, and nothing else."""
-    settings = _settings(tmp_path, corpus_dir)
     embedder = FakeEmbedder()
     build_index(corpus_dir, settings.index_dir, embedder, spec_from_settings(settings))
     indexed = (corpus_dir / "notes" / "baking.md").read_text("utf-8")
