@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from qa.engine import embedder_from_settings, spec_from_settings
+from qa.assemble import embedder_from_settings, spec_from_settings
 from qa.evaluation import Dataset, index_for, load_dataset
 from qa.index import load_current
 from qa.search import FusionConfig, Searcher, familiarity, fuse
@@ -95,37 +95,34 @@ def collect(path: Path, settings: Settings) -> SetScores:
     )
     no_sentences = Searcher(data, fusion=FusionConfig(sentence_weight=0.0))
     best_sentence = Searcher(data, fusion=FusionConfig(sentence_weight=1.0))
-    doc_of = [c.doc_id.split("#", 1)[-1] for c in data.chunks]
     vectors = embedder.embed(list(dataset.queries.values()))
     out: dict[str, QueryScores] = {}
-    n = len(data.chunks)
+    n = len(data)
     for (qid, text), vector in zip(dataset.queries.items(), vectors, strict=True):
-        prf = searcher.feedback_vector(vector, None)
-        dense = searcher.dense_top(vector, DEPTH, None)
-        dense_prf = searcher.dense_top(prf, DEPTH, None)
-        lexical = data.bm25.scores(text)
-        lex = np.argsort(-lexical, kind="stable")[:DEPTH]
-        lex = lex[lexical[lex] > 0]
-        exact_rows, exact_values = searcher.identifiers.match(text)
-        rows = np.unique(np.concatenate([dense, dense_prf, lex, exact_rows]))
-        exact = np.zeros(n, dtype=np.float32)
-        exact[exact_rows] = exact_values
+        prf = searcher.feedback_vector(vector, None, n)
+        dense = data.dense(vector, DEPTH, None).ids
+        dense_prf = data.dense(prf, DEPTH, None).ids
+        lex = data.lexical(text, DEPTH, None).ids
+        found = data.exact(text, None)
+        rows = np.unique(np.concatenate([dense, dense_prf, lex, found.ids]))  # chunk ids
+        exact = np.zeros(len(rows), dtype=np.float32)
+        exact[np.searchsorted(rows, found.ids)] = found.scores
         out[qid] = QueryScores(
             rows=rows,
-            docs=[doc_of[r] for r in rows],
+            docs=[c.doc_id.split("#", 1)[-1] for c in data.chunks(rows)],
             chunk=no_sentences.dense_scores(rows, vector),
             sentence=best_sentence.dense_scores(rows, vector),
             chunk_prf=no_sentences.dense_scores(rows, prf),
             sentence_prf=best_sentence.dense_scores(rows, prf),
-            bm25=lexical[rows],
-            exact=exact[rows],
+            bm25=data.lexical_scores(text, rows),
+            exact=exact,
             in_dense=np.isin(rows, dense),
             in_dense_prf=np.isin(rows, dense_prf),
             in_lex=np.isin(rows, lex),
-            in_exact=np.isin(rows, exact_rows),
+            in_exact=np.isin(rows, found.ids),
         )
     result = SetScores(
-        path.name, len(data.documents), n, data.word_pieces_per_word, dataset.qrels, out
+        path.name, len(data.documents()), n, data.word_pieces_per_word, dataset.qrels, out
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("wb") as fh:

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 
 from bench.questions import read_jsonl
+from qa.assemble import embedder_from_settings, spec_from_settings
 from qa.builder import build_index
-from qa.engine import embedder_from_settings, spec_from_settings
 from qa.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,8 +28,9 @@ from bench.fusion import collect
 from bench.fusion import report as fusion_report
 from bench.questions import evaluate as evaluate_questions
 from bench.questions import read_jsonl
+from qa.assemble import embedder_from_settings, spec_from_settings
 from qa.builder import build_index
-from qa.engine import Engine, embedder_from_settings, spec_from_settings
+from qa.engine import Engine
 from qa.evaluation import evaluate, index_for, load_dataset
 from qa.index import load_current
 from qa.search import FusionConfig, Searcher
@@ -114,7 +115,7 @@ def dedupe_rows(settings: Settings, questions: list[dict[str, Any]]) -> list[str
                 hits = Searcher(engine.data, fusion=FusionConfig()).search(
                     item["question"], vector, 5, dedupe=dedupe
                 )
-                spans = [engine.data.chunks[h.row] for h in hits]
+                spans = [h.chunk for h in hits]
                 near.append(
                     sum(
                         1
@@ -189,7 +190,7 @@ def sweep_table(settings: Settings) -> list[str]:
         with tempfile.TemporaryDirectory() as tmp:
             engine = nato_engine(s, Path(tmp))
             r = evaluate_questions(engine, questions, [])
-            chunks = len(engine.data.chunks)
+            chunks = len(engine.data)
         ms = "n/a"
         if msmarco.exists():
             m = evaluate(

@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.search import FusionConfig
 from qa.settings import Settings
 
@@ -66,7 +67,8 @@ def evaluate(
         ranks.append(rank)
         if result.passages:
             first = result.passages[0]
-            doc = engine.data.documents[first.citation.doc_id]
+            doc = engine.data.document(first.citation.doc_id)
+            assert doc is not None
             if evidence in _norm(doc.text[first.highlight.start : first.highlight.end]) or (
                 _norm(doc.text[first.highlight.start : first.highlight.end]) in evidence
             ):

@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
+from qa.assemble import embedder_from_settings, spec_from_settings
 from qa.builder import build_index
-from qa.engine import embedder_from_settings, spec_from_settings
 from qa.settings import Settings
 
 TOPICS = [

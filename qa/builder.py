@@ -7,7 +7,6 @@ changed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -18,20 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from qa.assemble import chunker_for
 from qa.chunker import Chunker
 from qa.documents import Chunk, Document
 from qa.embedder import Embedder
 from qa.errors import QAError
 from qa.extraction import CorpusLimits
-from qa.index import (
-    BuildPayload,
-    IndexData,
-    IndexSpec,
-    checkpoint,
-    index_lock,
-    load_current,
-    write_generation,
-)
+from qa.index.files import GenerationPayload
+from qa.index.ids import chunk_ids
+from qa.index.local import LocalIndexStore, LocalSnapshot, text_key
+from qa.index.publish import checkpoint
+from qa.index.segment import SegmentPayload
+from qa.index.spec import IndexSpec
 from qa.loaders import LoadReport, load_corpus
 
 log = logging.getLogger(__name__)
@@ -64,23 +61,6 @@ class BuildReport:
         return self.chunks / self.seconds if self.seconds else 0.0
 
 
-def _key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _reusable_vectors(previous: IndexData | None) -> dict[str, np.ndarray]:
-    """Embedding-text hash → vector, from the generation in service."""
-    if previous is None:
-        return {}
-    cache: dict[str, np.ndarray] = {}
-    for i, chunk in enumerate(previous.chunks):
-        cache[_key(chunk.embed_text)] = previous.chunk_vectors[i]
-    for (row, start, end), vec in zip(previous.sentences, previous.sentence_vectors, strict=True):
-        doc = previous.documents[previous.chunks[int(row)].doc_id]
-        cache[_key(doc.text[int(start) : int(end)])] = vec
-    return cache
-
-
 def embed_with_cache(
     texts: list[str],
     embedder: Embedder,
@@ -88,7 +68,7 @@ def embed_with_cache(
     progress: Callable[[int], None] | None,
 ) -> tuple[np.ndarray, int]:
     """Vectors for ``texts``; identical texts are embedded once, cached ones not at all."""
-    keys = [_key(t) for t in texts]
+    keys = [text_key(t) for t in texts]
     todo: dict[str, str] = {}
     for k, t in zip(keys, texts, strict=True):
         if k not in cache and k not in todo:
@@ -138,36 +118,29 @@ def diff_documents(before: dict[str, str], now: dict[str, str]) -> DocumentDiff:
     return DocumentDiff(added, changed, removed, renamed, unchanged)
 
 
-def _chunk_documents(
-    documents: list[Document],
-    chunker: Chunker,
-    previous: IndexData | None,
-    unchanged: set[str],
-) -> tuple[list[Chunk], list[tuple[int, int, int]]]:
-    """Chunks and sentence rows of all documents; unchanged ones are copied, not re-cut."""
-    old_rows: dict[str, list[int]] = {}
-    if previous is not None:
-        for row, chunk in enumerate(previous.chunks):
-            if chunk.doc_id in unchanged:
-                old_rows.setdefault(chunk.doc_id, []).append(row)
+# Compaction, as Lucene's TieredMergePolicy merges segments (segmentsPerTier 10,
+# deletesPctAllowed 20): rewrite the live chunks into one segment (copied, never embedded
+# again) when dead chunks pass this share of all rows, or segments pass this number.
+COMPACT_DEAD_SHARE = 0.2
+COMPACT_SEGMENTS = 10
+
+
+def _chunk(
+    documents: list[Document], chunker: Chunker
+) -> tuple[list[Chunk], np.ndarray, list[tuple[int, int, int]]]:
+    """Chunks, their stable ids and the sentence rows (chunk row, start, end) of documents."""
     chunks: list[Chunk] = []
+    ids: list[np.ndarray] = []
     sentence_rows: list[tuple[int, int, int]] = []
     for doc in documents:
-        if previous is not None and doc.doc_id in old_rows:
-            for old in old_rows[doc.doc_id]:
-                row = len(chunks)
-                chunks.append(previous.chunks[old])
-                lo, hi = previous.chunk_sentence_ranges[old]
-                sentence_rows.extend(
-                    (row, int(s), int(e)) for _, s, e in previous.sentences[int(lo) : int(hi)]
-                )
-            continue
         chunked = chunker.chunk(doc)
+        ids.append(chunk_ids(doc.doc_id, doc.sha256, [(c.start, c.end) for c in chunked.chunks]))
         for chunk, sents in zip(chunked.chunks, chunked.sentences, strict=True):
             row = len(chunks)
             chunks.append(chunk)
             sentence_rows.extend((row, s, e) for s, e in sents)
-    return chunks, sentence_rows
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    return chunks, all_ids, sentence_rows
 
 
 def word_pieces_per_word(chunks: list[Chunk], embedder: Embedder, sample: int = 2000) -> float:
@@ -181,9 +154,23 @@ def word_pieces_per_word(chunks: list[Chunk], embedder: Embedder, sample: int = 
     return sum(embedder.count_tokens(texts)) / words
 
 
+def _merge(a: SegmentPayload, b: SegmentPayload) -> SegmentPayload:
+    """One payload with the documents of both (b's rows after a's)."""
+    shifted = b.sentences + np.asarray([len(a.chunks), 0, 0], dtype=np.int64)
+    return SegmentPayload(
+        documents=a.documents + b.documents,
+        chunks=a.chunks + b.chunks,
+        chunk_ids=np.concatenate([a.chunk_ids, b.chunk_ids]),
+        chunk_vectors=np.vstack([a.chunk_vectors, b.chunk_vectors]),
+        sentences=np.vstack([a.sentences, shifted]).astype(np.int64),
+        sentence_vectors=np.vstack([a.sentence_vectors, b.sentence_vectors]),
+        dimension=a.dimension,
+    )
+
+
 def build_index(
     corpus_dir: Path,
-    index_dir: Path,
+    index: Path | LocalIndexStore,
     embedder: Embedder,
     spec: IndexSpec,
     *,
@@ -196,21 +183,27 @@ def build_index(
     limits: CorpusLimits | None = None,
 ) -> BuildReport:
     """Index ``corpus_dir`` (or the documents already ``loaded``) into a new generation of
-    ``index_dir`` and put it in service.
+    ``index`` (a store, or a local index folder keeping ``keep_generations``) and put it in
+    service.
 
-    With ``reuse`` the generation in service supplies the chunks of unchanged documents and
-    the vectors of unchanged texts; with ``skip_if_unchanged`` nothing is written when the
-    corpus matches it. A second build at the same time is refused (or waits, with ``wait``).
-    Files are read within ``limits`` (default: the settings'; see qa.extraction).
+    With ``reuse`` the generation in service keeps the documents that did not change (in
+    the segments that hold them: nothing of theirs is written again) and supplies the
+    vectors of unchanged texts; only added, changed and renamed documents are chunked and
+    written, as one new segment. With ``skip_if_unchanged`` nothing is written when the
+    corpus matches it. A second build at the same time is refused (or waits, with
+    ``wait``). Files are read within ``limits`` (default: the settings'; qa.extraction).
     """
     if loaded is None and not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
     began = time.perf_counter()
-    with index_lock(index_dir, wait=wait):
-        previous: IndexData | None = None
+    store = (
+        index if isinstance(index, LocalIndexStore) else LocalIndexStore(index, keep_generations)
+    )
+    with store.lock(wait=wait):
+        previous: LocalSnapshot | None = None
         if reuse:
             try:
-                previous = load_current(index_dir, spec)
+                previous = store.load(spec)
             except QAError as exc:
                 log.info("not reusing the previous index: %s", exc.message)
         loaded = loaded or load_corpus(corpus_dir, limits)
@@ -242,53 +235,118 @@ def build_index(
                 up_to_date=True,
             )
 
-        max_tokens = min(spec.chunk_tokens, embedder.max_tokens)
-        overlap = min(spec.chunk_overlap_tokens, max_tokens - 1)
-        chunker = Chunker(embedder.count_tokens, max_tokens, overlap)
-        chunks, sentence_rows = _chunk_documents(documents, chunker, previous, set(diff.unchanged))
+        # what stays where it is, and what goes into the new segment
+        unchanged = set(diff.unchanged)
+        if previous is not None:
+            gone = {d for d in before if d not in unchanged}
+            dead = previous.dead_chunks + sum(
+                int(previous.manifest["documents"][d]["chunks"]) for d in gone
+            )
+            rows = previous.dead_chunks + len(previous)
+            if (rows and dead / rows > COMPACT_DEAD_SHARE) or len(
+                previous.segment_checksums
+            ) >= COMPACT_SEGMENTS:
+                unchanged = set()  # compaction: unchanged documents are copied, not kept
+        fresh = [d for d in documents if d.doc_id not in unchanged]
+        copied = (
+            previous.export(sorted(set(diff.unchanged) - unchanged))
+            if previous is not None and set(diff.unchanged) - unchanged
+            else None
+        )
+        copied_ids = {d.doc_id for d in copied.documents} if copied is not None else set()
+        fresh = [d for d in fresh if d.doc_id not in copied_ids]
+
+        chunker = chunker_for(spec, embedder)
+        chunks, ids, sentence_rows = _chunk(fresh, chunker)
         checkpoint("chunked")
-        by_id = {d.doc_id: d for d in documents}
+        by_id = {d.doc_id: d for d in fresh}
         sentence_texts = [by_id[chunks[r].doc_id].text[s:e] for r, s, e in sentence_rows]
         chunk_texts = [c.embed_text for c in chunks]
-        cache = _reusable_vectors(previous)
+        # vectors of the texts the changed and renamed documents had before
+        old_versions = set(diff.changed) | {old for old, _ in diff.renamed}
+        cache = previous.known_vectors(old_versions) if previous is not None else {}
         advance = None
         if progress is not None:
-            need = {_key(t) for t in chunk_texts + sentence_texts} - cache.keys()
+            need = {text_key(t) for t in chunk_texts + sentence_texts} - cache.keys()
             advance = progress(len(need))
         chunk_vectors, n1 = embed_with_cache(chunk_texts, embedder, cache, advance)
         sentence_vectors, n2 = embed_with_cache(sentence_texts, embedder, cache, advance)
         checkpoint("embedded")
 
+        segment = SegmentPayload(
+            documents=fresh,
+            chunks=chunks,
+            chunk_ids=ids,
+            chunk_vectors=chunk_vectors.reshape(len(chunks), embedder.dimension),
+            sentences=np.asarray(sentence_rows, dtype=np.int64).reshape(-1, 3),
+            sentence_vectors=sentence_vectors.reshape(len(sentence_rows), embedder.dimension),
+            dimension=embedder.dimension,
+        )
+        if copied is not None:
+            segment = _merge(copied, segment)
+        holders: dict[str, dict[str, Any]] = {}
+        kept_segments: dict[str, str] = {}
+        if previous is not None:
+            for doc_id in unchanged:
+                meta = previous.manifest["documents"][doc_id]
+                holders[doc_id] = meta
+                kept_segments[meta["segment"]] = previous.segment_checksums[meta["segment"]]
+        new_counts: dict[str, int] = {}
+        for c in segment.chunks:
+            new_counts[c.doc_id] = new_counts.get(c.doc_id, 0) + 1
+        new_sentences: dict[str, int] = {}
+        for row in segment.sentences[:, 0]:
+            doc_id = segment.chunks[int(row)].doc_id
+            new_sentences[doc_id] = new_sentences.get(doc_id, 0) + 1
+
         embedded = n1 + n2
-        total_vectors = len(chunk_texts) + len(sentence_texts)
+        total_new = len(chunk_texts) + len(sentence_texts)
         seconds = time.perf_counter() - began
+        kept_chunks = sum(int(m["chunks"]) for m in holders.values())
+        wppw = word_pieces_per_word(segment.chunks, embedder) if segment.chunks else 1.0
+        if previous is not None and kept_chunks:
+            share = kept_chunks / (kept_chunks + len(segment.chunks))
+            wppw = share * previous.word_pieces_per_word + (1 - share) * wppw
         stats: dict[str, Any] = {
-            "word_pieces_per_word": round(word_pieces_per_word(chunks, embedder), 3),
+            "word_pieces_per_word": round(wppw, 3),
             "seconds": round(seconds, 3),
             "embedded": embedded,
-            "reused": total_vectors - embedded,
+            "reused": total_new - embedded,
+            "written_chunks": len(segment.chunks),
+            "kept_chunks": kept_chunks,
             "chunks_per_second": round(len(chunks) / seconds, 1) if seconds else None,
         }
-        payload = BuildPayload(
-            documents=documents,
-            chunks=chunks,
-            chunk_vectors=chunk_vectors,
-            sentences=np.asarray(sentence_rows, dtype=np.int64).reshape(-1, 3),
-            sentence_vectors=sentence_vectors,
+        documents_map = {
+            **holders,
+            **{
+                d.doc_id: {
+                    "path": d.path,
+                    "sha256": d.sha256,
+                    "chunks": new_counts.get(d.doc_id, 0),
+                    "sentences": new_sentences.get(d.doc_id, 0),
+                    "segment": None,  # the new segment: named by the store when written
+                }
+                for d in segment.documents
+            },
+        }
+        payload = GenerationPayload(
+            segment=segment if segment.documents else None,
+            documents=documents_map,
+            segments=kept_segments,
             skipped=skipped,
             spec=spec,
             dimension=embedder.dimension,
             stats=stats,
         )
-        gen_dir = write_generation(index_dir, payload, keep=keep_generations)
+        gen_dir = store.write(payload)
     return BuildReport(
         generation=int(gen_dir.name.split("-")[1]),
         path=gen_dir,
         documents=len(documents),
-        chunks=len(chunks),
-        sentences=len(sentence_rows),
+        chunks=len(segment.chunks) + kept_chunks,
+        sentences=sum(int(m["sentences"]) for m in documents_map.values()),
         embedded=embedded,
-        reused=total_vectors - embedded,
+        reused=total_new - embedded,
         skipped=skipped,
         seconds=time.perf_counter() - began,
         added=diff.added,

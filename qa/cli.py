@@ -133,8 +133,8 @@ def run_build(
     skip_if_unchanged: bool = False,
     wait: bool = False,
 ) -> BuildReport:
+    from qa.assemble import embedder_from_settings, spec_from_settings
     from qa.builder import build_index
-    from qa.engine import embedder_from_settings, spec_from_settings
     from qa.extraction import CorpusLimits
 
     progress, start_task = _embedding_progress(quiet)
@@ -215,7 +215,7 @@ def index_update(
 @index_app.command("rollback")
 def index_rollback(ctx: typer.Context) -> None:
     """Put the previous index generation back in service."""
-    from qa.engine import spec_from_settings
+    from qa.assemble import spec_from_settings
     from qa.index import rollback
 
     settings = _settings(ctx)
@@ -251,8 +251,8 @@ def index_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Show the generation in service and whether it matches the corpus."""
+    from qa.assemble import spec_from_settings
     from qa.builder import index_freshness
-    from qa.engine import spec_from_settings
     from qa.extraction import CorpusLimits
     from qa.index import current_generation_dir, read_manifest
 
@@ -357,7 +357,7 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Measure retrieval on a BEIR data set: nDCG@10, Recall@100, MRR@10, latency."""
-    from qa.engine import embedder_from_settings, spec_from_settings
+    from qa.assemble import embedder_from_settings, spec_from_settings
     from qa.evaluation import evaluate, load_dataset
 
     if mode not in ("dense", "bm25", "hybrid"):
@@ -410,8 +410,8 @@ def serve(
     """Serve the HTTP API (and build the index first when it is missing or stale)."""
     import uvicorn
 
+    from qa.assemble import spec_from_settings
     from qa.builder import index_freshness
-    from qa.engine import spec_from_settings
     from qa.extraction import CorpusLimits
     from qa.http import create_app
     from qa.http.observe import configure_logging

@@ -9,13 +9,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
-from qa.embedder import Embedder, get_embedder
+from qa.assemble import embedder_from_settings, spec_from_settings, store_from_settings
+from qa.embedder import Embedder
 from qa.errors import IndexNotReady, InvalidRequest, NotFound, QAError
-from qa.index import IndexData, IndexSpec, current_generation_dir, load_current
+from qa.index.snapshot import Filters, Snapshot
 from qa.metrics import observe_stage
 from qa.normalize import nfc
 from qa.schema import (
@@ -28,31 +28,12 @@ from qa.schema import (
     Passage,
     Span,
 )
-from qa.search import Filters, FusionConfig, Hit, Searcher
+from qa.search import FusionConfig, Hit, Searcher, span_text
 from qa.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ABSTAIN_MESSAGE = "The documents do not cover this question."
-
-
-def spec_from_settings(settings: Settings) -> IndexSpec:
-    return IndexSpec(
-        model_id=settings.embedding_model,
-        chunk_tokens=settings.chunk_tokens,
-        chunk_overlap_tokens=settings.chunk_overlap_tokens,
-    )
-
-
-def embedder_from_settings(settings: Settings) -> Embedder:
-    return get_embedder(
-        settings.embedding_model,
-        settings.device,
-        settings.embed_batch_size,
-        settings.allow_download,
-        settings.embed_backend,
-        Path(settings.cache_dir),
-    )
 
 
 class Engine:
@@ -67,10 +48,11 @@ class Engine:
         self.settings = settings
         self.embedder = embedder or embedder_from_settings(settings)
         self.spec = spec_from_settings(settings)
+        self.store = store_from_settings(settings)
         self.fusion = fusion or FusionConfig()
         self._searcher: Searcher | None = None
         self._swap_lock = threading.Lock()
-        self._refused: Path | None = None  # a generation that failed to load; not retried
+        self._refused: str | None = None  # a generation that failed to load; not retried
 
     # ------------------------------------------------------------------ index in service
 
@@ -79,36 +61,36 @@ class Engine:
         return self._searcher is not None
 
     @property
-    def data(self) -> IndexData:
+    def data(self) -> Snapshot:
         searcher = self._searcher
         if searcher is None:
             raise IndexNotReady("the index is not loaded yet; try again in a moment")
         return searcher.data
 
-    def load(self) -> IndexData:
-        """Load the current generation from disk and put it in service."""
-        data = load_current(Path(self.settings.index_dir), self.spec)
+    def load(self) -> Snapshot:
+        """Load the generation in service from the store and put it in service here."""
+        data = self.store.load(self.spec)
         self.install(data)
         return data
 
-    def install(self, data: IndexData) -> None:
+    def install(self, data: Snapshot) -> None:
         searcher = Searcher(data, self.settings.candidates, self.fusion)
         with self._swap_lock:
             self._searcher = searcher  # one reference swap: requests see old or new, whole
         log.info("index generation %s in service", data.generation)
 
     def reload_if_changed(self) -> bool:
-        """Load the generation named on disk if it is not the one in service."""
-        gen_dir = current_generation_dir(Path(self.settings.index_dir))
+        """Load the generation the store names if it is not the one in service."""
+        key = self.store.current_key()
         searcher = self._searcher
-        if gen_dir is None or (searcher is not None and searcher.data.path == gen_dir):
+        if key is None or (searcher is not None and searcher.data.key == key):
             return False
-        if gen_dir == self._refused:
+        if key == self._refused:
             return False
         try:
             self.load()
         except QAError:
-            self._refused = gen_dir  # keep serving the generation in service; say it once
+            self._refused = key  # keep serving the generation in service; say it once
             raise
         return True
 
@@ -187,7 +169,7 @@ class Engine:
         """The searcher's hits; with ``focus``, each hit's answering sentence is its best."""
         hits = searcher.search(question, vector, k, filters, highlight=focus is None)
         if focus is not None:
-            searcher._highlight(focus, self.embedder.embed([focus])[0], hits)
+            searcher.highlight(focus, self.embedder.embed([focus])[0], hits)
         return hits
 
     def _rerank(self, question: str, searcher: Searcher, hits: list[Hit]) -> list[Hit]:
@@ -198,7 +180,7 @@ class Engine:
         reranker = get_reranker(
             self.settings.reranker_model, self.settings.device, self.settings.allow_download
         )
-        texts = [searcher.data.chunks[h.row].text for h in hits]
+        texts = [h.chunk.text for h in hits]
         scores = reranker.scores(question, texts)
         for hit, score in zip(hits, scores, strict=True):
             hit.score = float(score)
@@ -207,7 +189,7 @@ class Engine:
     def _respond(
         self,
         question: str,
-        data: IndexData,
+        data: Snapshot,
         hits: list[Hit],
         began: float,
         embedded: float,
@@ -222,9 +204,7 @@ class Engine:
             message = ABSTAIN_MESSAGE
         else:
             first = passages[0]
-            sentence = data.documents[first.citation.doc_id].text[
-                first.highlight.start : first.highlight.end
-            ]
+            sentence = span_text(data, hits[0].chunk, first.highlight.start, first.highlight.end)
             answer = Answer(text=f"{sentence} [1]", citations=[1])
         done = time.perf_counter()
         return AskResponse(
@@ -243,9 +223,11 @@ class Engine:
         )
 
     @staticmethod
-    def _passage(data: IndexData, rank: int, hit: Hit) -> Passage:
-        chunk = data.chunks[hit.row]
-        doc = data.documents[chunk.doc_id]
+    def _passage(data: Snapshot, rank: int, hit: Hit) -> Passage:
+        chunk = hit.chunk
+        doc = data.document_info(chunk.doc_id)
+        if doc is None:
+            raise IndexNotReady(f"document {chunk.doc_id!r} of a hit is not in the index")
         return Passage(
             rank=rank,
             score=round(hit.score, 4),
@@ -268,24 +250,15 @@ class Engine:
     # ------------------------------------------------------------------ documents
 
     def documents(self) -> list[DocumentSummary]:
-        data = self.data
         return [
             DocumentSummary(
-                doc_id=d.doc_id,
-                title=d.title,
-                path=d.path,
-                chunks=data.chunks_per_doc.get(d.doc_id, 0),
-                sha256=d.sha256,
+                doc_id=d.doc_id, title=d.title, path=d.path, chunks=d.chunks, sha256=d.sha256
             )
-            for d in data.documents.values()
+            for d in self.data.documents()
         ]
 
     def document(self, doc_id: str) -> DocumentText:
-        data = self.data
-        doc = data.documents.get(doc_id)
-        if doc is None:  # the same id in another normalisation form (NFD from macOS)
-            wanted = nfc(doc_id)
-            doc = next((d for k, d in data.documents.items() if nfc(k) == wanted), None)
+        doc = self.data.document(doc_id)  # also finds the id in another normalisation form
         if doc is None:
             raise NotFound(f"no document with id {doc_id!r}; GET /v1/documents lists them")
         return DocumentText(

@@ -139,7 +139,6 @@ def run_queries(
     """Rank documents for each query (best chunk per document); per-query latency in ms."""
     run: Run = {}
     latencies: list[float] = []
-    chunks = searcher.data.chunks
     for qid, text in queries.items():
         began = time.perf_counter()
         vector = embedder.embed([text])[0]
@@ -147,7 +146,7 @@ def run_queries(
         latencies.append((time.perf_counter() - began) * 1000)
         docs: dict[str, float] = {}
         for hit in hits:
-            doc_id = chunks[hit.row].doc_id.split("#", 1)[-1]
+            doc_id = hit.chunk.doc_id.split("#", 1)[-1]
             if doc_id not in docs:
                 docs[doc_id] = hit.score
             if len(docs) >= depth:
@@ -181,7 +180,7 @@ def evaluate(
     return {
         **{k: round(v, 4) for k, v in metrics.items()},
         "queries": len(dataset.queries),
-        "docs": len(data.documents),
+        "docs": len(data.documents()),
         "mode": mode,
         "latency_ms": {
             "p50": round(statistics.median(ordered), 2),

@@ -16,25 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qa.index import IndexData
-from qa.lexical import IdentifierIndex, tokenize
-from qa.normalize import nfc
-
-
-@dataclass(frozen=True)
-class Filters:
-    doc_ids: frozenset[str] | None = None
-    path_prefix: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.doc_ids is not None or bool(self.path_prefix)
-
-    def allows(self, doc_id: str, path: str) -> bool:
-        """Ids and the path prefix compare in NFC (filters_from gives NFC values)."""
-        if self.doc_ids is not None and nfc(doc_id) not in self.doc_ids:
-            return False
-        return not (self.path_prefix and not nfc(path).startswith(self.path_prefix))
+from qa.documents import Chunk
+from qa.index.snapshot import Filters, Scored, Snapshot
+from qa.lexical import tokenize
 
 
 @dataclass(frozen=True)
@@ -55,19 +39,16 @@ class FusionConfig:
 
 @dataclass
 class Hit:
-    row: int
+    """One ranked chunk: its stable id, the chunk, its fused score and the parts of it,
+    and the span (document offsets) of the sentence that best answers."""
+
+    id: int
+    chunk: Chunk
     score: float
     dense: float
     lexical: float
     highlight: tuple[int, int]
     highlight_dense: float
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    if k >= len(scores):
-        return np.argsort(-scores, kind="stable")
-    part = np.argpartition(-scores, k)[:k]
-    return part[np.argsort(-scores[part], kind="stable")]
 
 
 def _gap(normalised: np.ndarray) -> float:
@@ -131,23 +112,17 @@ def fuse(
 
 
 class Searcher:
-    """Ranks the chunks of one loaded index generation for a query vector and text."""
+    """Ranks the chunks of one index generation (a ``Snapshot``) for a query vector and
+    text. It asks the snapshot for candidates by id and scores them; it never reads the
+    store's arrays itself."""
 
     def __init__(
-        self, data: IndexData, candidates: int = 100, fusion: FusionConfig | None = None
+        self, snapshot: Snapshot, candidates: int = 100, fusion: FusionConfig | None = None
     ) -> None:
-        self.data = data
+        self.data = snapshot
         self.candidates = candidates
         self.fusion = fusion or FusionConfig()
-        self.familiarity = familiarity(data.word_pieces_per_word, self.fusion)
-        self._paths = [data.documents[c.doc_id].path for c in data.chunks]
-        self.identifiers = IdentifierIndex([c.text for c in data.chunks])
-
-    def _allowed_rows(self, filters: Filters) -> np.ndarray:
-        return np.array(
-            [i for i, c in enumerate(self.data.chunks) if filters.allows(c.doc_id, self._paths[i])],
-            dtype=np.int64,
-        )
+        self.familiarity = familiarity(snapshot.word_pieces_per_word, self.fusion)
 
     def search(
         self,
@@ -159,100 +134,99 @@ class Searcher:
         highlight: bool = True,
         dedupe: bool = True,
     ) -> list[Hit]:
-        data, cfg = self.data, self.fusion
-        n = len(data.chunks)
-        if n == 0:
+        """The ``top_k`` best chunks for ``query`` and its unit vector (dim,), best first,
+        near-duplicates of a better hit removed."""
+        snap, cfg = self.data, self.fusion
+        if filters is not None and not filters.active:
+            filters = None
+        pool = snap.count(filters)
+        if pool == 0:
             return []
-        c = min(self.candidates, n)
-        lexical = data.bm25.scores(query) if cfg.mode != "dense" else np.zeros(n, np.float32)
-        exact = np.zeros(n, dtype=np.float32)
-        exact_rows = np.zeros(0, dtype=np.int64)
+        c = min(self.candidates, pool)
+        rank_vector = self.feedback_vector(vector, filters, pool)
+        dense_ids = snap.dense(rank_vector, c, filters).ids
+        lex_ids = np.zeros(0, dtype=np.int64)
+        if cfg.mode != "dense":
+            lex_ids = snap.lexical(query, c, filters).ids
+        exact = Scored.empty()
         if cfg.mode == "hybrid" and cfg.exact_weight:
-            exact_rows, values = self.identifiers.match(query)
-            exact[exact_rows] = values
-        allowed: np.ndarray | None = None
-        mask = None
-        if filters is not None and filters.active:
-            allowed = self._allowed_rows(filters)
-            if len(allowed) == 0:
-                return []
-            mask = np.zeros(n, dtype=bool)
-            mask[allowed] = True
-            lexical = np.where(mask, lexical, 0.0).astype(np.float32)
-            exact_rows = exact_rows[mask[exact_rows]]
-        rank_vector = self.feedback_vector(vector, allowed)
-        dense_rows = self.dense_top(rank_vector, c, allowed)
-        lex_rows = _top(lexical, c)
-        lex_rows = lex_rows[lexical[lex_rows] > 0]
-        if mask is not None:
-            lex_rows = lex_rows[mask[lex_rows]]
+            exact = snap.exact(query, filters)
+        # in id order, so that ties rank the same wherever the chunks are stored; in hybrid,
+        # every chunk holding one of the question's identifiers is a candidate
         if cfg.mode == "dense":
-            rows = dense_rows
+            ids = np.unique(dense_ids)
         elif cfg.mode == "bm25":
-            rows = lex_rows if len(lex_rows) else dense_rows[:0]
+            ids = np.unique(lex_ids)
         else:
-            # every chunk holding one of the question's identifiers is a candidate
-            rows = np.unique(np.concatenate([dense_rows, lex_rows, exact_rows]))
-        if len(rows) == 0:
+            ids = np.unique(np.concatenate([dense_ids, lex_ids, exact.ids]))
+        if len(ids) == 0:
             return []
-        dense = self.dense_scores(rows, rank_vector)
-        plain = dense if rank_vector is vector else self.dense_scores(rows, vector)
-        lex = lexical[rows]
-        fused = fuse(dense, lex, exact[rows], cfg, self.familiarity)
+        dense = self.dense_scores(ids, rank_vector)
+        plain = dense if rank_vector is vector else self.dense_scores(ids, vector)
+        lex = (
+            snap.lexical_scores(query, ids)
+            if cfg.mode != "dense"
+            else np.zeros(len(ids), dtype=np.float32)
+        )
+        exact_values = np.zeros(len(ids), dtype=np.float32)
+        if len(exact.ids):
+            where = {int(i): j for j, i in enumerate(ids)}
+            for i, value in zip(exact.ids, exact.scores, strict=True):
+                exact_values[where[int(i)]] = value
+        fused = fuse(dense, lex, exact_values, cfg, self.familiarity)
         order = np.argsort(-fused, kind="stable")
+        chunks = snap.chunks(ids)
         hits: list[Hit] = []
         chosen: list[tuple[str, int, int]] = []
         for j in order:
-            row = int(rows[j])
-            chunk = data.chunks[row]
+            chunk = chunks[j]
             if dedupe and self._overlaps(chunk.doc_id, chunk.start, chunk.end, chosen):
                 continue
             chosen.append((chunk.doc_id, chunk.start, chunk.end))
-            hits.append(Hit(row, float(fused[j]), float(plain[j]), float(lex[j]), (0, 0), 0.0))
+            hits.append(
+                Hit(
+                    int(ids[j]),
+                    chunk,
+                    float(fused[j]),
+                    float(plain[j]),
+                    float(lex[j]),
+                    (0, 0),
+                    0.0,
+                )
+            )
             if len(hits) >= top_k:
                 break
         if highlight:
-            self._highlight(query, vector, hits)
+            self.highlight(query, vector, hits)
         return hits
 
-    def dense_top(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> np.ndarray:
-        if allowed is None:
-            rows: np.ndarray = self.data.store.search(vector, k)[0]
-            return rows
-        picked: np.ndarray = allowed[_top(self.data.chunk_vectors[allowed] @ vector, k)]
-        return picked
-
-    def feedback_vector(self, vector: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    def feedback_vector(self, vector: np.ndarray, filters: Filters | None, pool: int) -> np.ndarray:
         """Rocchio pseudo-relevance feedback: move the query toward its top chunks."""
         cfg = self.fusion
-        pool = len(self.data.chunks) if allowed is None else len(allowed)
         if cfg.mode == "bm25" or cfg.prf_k <= 0 or pool < cfg.prf_min_chunks:
             return vector
         if self.familiarity < 0.5:  # the model's top hits are not evidence to expand with
             return vector
-        seeds = self.dense_top(vector, cfg.prf_k, allowed)
-        expanded = vector + cfg.prf_beta * self.data.chunk_vectors[seeds].mean(axis=0)
+        seeds = self.data.dense(vector, cfg.prf_k, filters).ids
+        expanded = vector + cfg.prf_beta * self.data.chunk_vectors(seeds).mean(axis=0)
         out: np.ndarray = (expanded / np.linalg.norm(expanded)).astype(np.float32)
         return out
 
-    def dense_scores(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    def dense_scores(self, ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Cosine of each chunk, blended with the cosine of its best-matching sentence."""
-        data = self.data
-        chunk_cos: np.ndarray = data.chunk_vectors[rows] @ vector
+        chunk_cos: np.ndarray = self.data.chunk_vectors(ids) @ vector
         weight = self.fusion.sentence_weight
-        if weight <= 0 or len(data.sentences) == 0:
+        if weight <= 0:
             return chunk_cos
-        ranges = data.chunk_sentence_ranges[rows]
-        sizes = ranges[:, 1] - ranges[:, 0]
-        has = sizes > 0
-        if not has.any():
+        sentences = self.data.sentences(ids)
+        if len(sentences.owner) == 0:
             return chunk_cos
-        sizes, starts = sizes[has], ranges[has, 0]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        sent_rows = np.arange(int(sizes.sum())) + np.repeat(starts - offsets, sizes)
-        sent_cos = data.sentence_vectors[sent_rows] @ vector
-        best = chunk_cos.copy()
-        best[has] = np.maximum.reduceat(sent_cos, offsets)
+        sent_cos = sentences.vectors @ vector
+        best = chunk_cos.copy()  # a chunk without sentences keeps its own cosine
+        has = np.zeros(len(ids), dtype=bool)
+        has[sentences.owner] = True
+        best[has] = -np.inf
+        np.maximum.at(best, sentences.owner, sent_cos)
         blended: np.ndarray = (1 - weight) * chunk_cos + weight * best
         return blended
 
@@ -267,37 +241,41 @@ class Searcher:
                 return True
         return False
 
-    def _highlight(self, query: str, vector: np.ndarray, hits: list[Hit]) -> None:
+    def highlight(self, query: str, vector: np.ndarray, hits: list[Hit]) -> None:
         """Pick in each hit the sentence that best answers: cosine plus shared query terms.
         A hit without sentences (a chunk of headings only) highlights the whole chunk."""
-        data = self.data
-        owner: list[int] = []  # hit index of each candidate sentence
-        rows: list[int] = []  # its row in the sentence table
-        for h, hit in enumerate(hits):
-            lo, hi = data.chunk_sentence_ranges[hit.row]
-            owner.extend([h] * int(hi - lo))
-            rows.extend(range(int(lo), int(hi)))
         for hit in hits:
-            chunk = data.chunks[hit.row]
-            hit.highlight, hit.highlight_dense = (chunk.start, chunk.end), hit.dense
-        if not rows:
+            hit.highlight, hit.highlight_dense = (hit.chunk.start, hit.chunk.end), hit.dense
+        if not hits:
             return
-        spans = data.sentences[rows]
-        cos = data.sentence_vectors[rows] @ vector
+        sentences = self.data.sentences(np.asarray([h.id for h in hits], dtype=np.int64))
+        if len(sentences.owner) == 0:
+            return
+        spans, owner = sentences.spans, sentences.owner
+        cos = sentences.vectors @ vector
         texts = [
-            data.documents[data.chunks[int(row)].doc_id].text[int(start) : int(end)]
-            for row, start, end in spans
+            span_text(self.data, hits[int(h)].chunk, int(s), int(e))
+            for h, (s, e) in zip(owner, spans, strict=True)
         ]
         q_terms = set(tokenize([query])[0])
-        overlap = np.zeros(len(rows), dtype=np.float32)
+        overlap = np.zeros(len(owner), dtype=np.float32)
         if q_terms:
             for i, terms in enumerate(tokenize(texts)):
                 overlap[i] = len(q_terms.intersection(terms)) / len(q_terms)
         score = cos + 0.2 * overlap
         best: dict[int, int] = {}
-        for i, h in enumerate(owner):
+        for i, h in enumerate(owner.tolist()):
             if h not in best or score[i] > score[best[h]]:
                 best[h] = i
         for h, i in best.items():
-            hits[h].highlight = (int(spans[i, 1]), int(spans[i, 2]))
+            hits[h].highlight = (int(spans[i, 0]), int(spans[i, 1]))
             hits[h].highlight_dense = float(cos[i])
+
+
+def span_text(snapshot: Snapshot, chunk: Chunk, start: int, end: int) -> str:
+    """The document text of ``[start, end)``: from the chunk when the span lies inside it
+    (a sentence of the chunk), else from the document."""
+    if chunk.start <= start and end <= chunk.end:
+        return chunk.text[start - chunk.start : end - chunk.start]
+    doc = snapshot.document(chunk.doc_id)
+    return doc.text[start:end] if doc is not None else ""

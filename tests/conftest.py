@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.settings import Settings
 from tests.fakes import FakeEmbedder
 

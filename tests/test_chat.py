@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index
 from qa.chat import Turn, assistant_answers, found_answers, reply, source_line
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.errors import InvalidRequest
 from qa.http import create_app
 from qa.schema import Citation

@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from mcp import Client
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index, index_freshness
 from qa.corpus_files import OUTSIDE, discover
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.extraction import CorpusLimits
 from qa.http import create_app
 from qa.loaders import SUFFIXES, LoadReport, load_corpus

@@ -70,7 +70,7 @@ def kill(proc: subprocess.Popen[str]) -> str:
 def assert_old_generation_serves(index: Path, generation: int) -> None:
     after_crash = load_current(index)  # verifies every checksum of what is in service
     assert after_crash.generation == generation
-    assert "new.md" not in after_crash.documents
+    assert after_crash.document("new.md") is None
 
 
 def assert_next_update_completes(corpus: Path, index: Path, generation: int) -> None:
@@ -78,7 +78,7 @@ def assert_next_update_completes(corpus: Path, index: Path, generation: int) -> 
     _out, err = finish.communicate(timeout=60)
     assert finish.returncode == 0, err
     done = load_current(index)
-    assert "new.md" in done.documents
+    assert done.document("new.md") is not None
     assert done.generation > generation
     assert not list(index.glob("*.tmp"))
     assert current_generation_dir(index) == done.path
@@ -141,4 +141,4 @@ def test_two_updates_at_once_second_is_refused_or_waits(corpus_dir: Path, tmp_pa
     err = rest_of_stderr(waiting, 60)
     assert waiting.returncode == 0, err
     assert err.splitlines()[0] == "reached loaded", "it built only once the lock was free"
-    assert "new.md" in load_current(index).documents
+    assert load_current(index).document("new.md") is not None

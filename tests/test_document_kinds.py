@@ -22,10 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index
 from qa.chunker import Chunker, split_blocks, split_sentences
 from qa.documents import Document, LineIndex
-from qa.engine import Engine, filters_from, spec_from_settings
+from qa.engine import Engine, filters_from
 from qa.lexical import BM25Index, tokenize
 from qa.loaders import Skipped, load_corpus, load_file, markdown_blocks
 from qa.normalize import nfc, search_form

@@ -18,7 +18,8 @@ def test_answer_cites_the_best_passage_and_highlight_lies_inside(engine: Engine)
     assert first.citation.heading == "Sourdough baking > Proofing"
     assert first.citation.start <= first.highlight.start < first.highlight.end
     assert first.highlight.end <= first.citation.end
-    doc = engine.data.documents[first.citation.doc_id]
+    doc = engine.data.document(first.citation.doc_id)
+    assert doc is not None
     sentence = doc.text[first.highlight.start : first.highlight.end]
     assert "proof overnight" in sentence
     assert result.answer is not None
@@ -92,7 +93,7 @@ def test_modes_rank_with_their_own_signal(engine: Engine) -> None:
         hits = Searcher(data, fusion=FusionConfig(mode=mode)).search(
             "sourdough starter flour", vector, 3
         )
-        assert data.chunks[hits[0].row].doc_id == "notes/baking.md", mode
+        assert hits[0].chunk.doc_id == "notes/baking.md", mode
         assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
@@ -106,6 +107,7 @@ def test_bm25_takes_over_on_a_corpus_foreign_to_the_model() -> None:
 
 def test_sentence_vectors_align_with_sentences(engine: Engine) -> None:
     data = engine.data
-    assert len(data.sentences) == len(data.sentence_vectors)
-    norms = np.linalg.norm(data.sentence_vectors, axis=1)
+    sentences = data.sentences(data.chunk_ids)
+    assert len(sentences.owner) == len(sentences.spans) == len(sentences.vectors) > 0
+    norms = np.linalg.norm(sentences.vectors, axis=1)
     assert np.allclose(norms, 1.0, atol=1e-4)

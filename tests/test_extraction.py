@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index, index_freshness
 from qa.corpus_files import CorpusFile
-from qa.engine import spec_from_settings
 from qa.extraction import MB, CorpusLimits, Extractor, extract_file, html_depth
 from qa.loaders import LoadReport, SkipFile, load_corpus
 from qa.settings import Settings

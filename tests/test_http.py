@@ -89,7 +89,7 @@ def test_documents_list_and_text(client: TestClient, engine: Engine) -> None:
     assert {d["doc_id"] for d in docs} == {"nato-indo-pacific.txt", "notes/baking.md"}
     assert all(set(d) == {"doc_id", "title", "path", "chunks", "sha256"} for d in docs)
     doc = client.get("/v1/documents/notes/baking.md").json()  # an id with a slash
-    assert doc["text"] == engine.data.documents["notes/baking.md"].text
+    assert doc["text"] == engine.data.document("notes/baking.md").text
     assert set(doc) >= {"doc_id", "title", "path", "text", "sha256"}
     assert_error(client.get("/v1/documents/none.txt"), 404, "none.txt")
 

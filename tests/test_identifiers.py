@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from bench.identifiers import TEMPLATES, questions, records
 from qa.builder import build_index
-from qa.index import IndexData, IndexSpec, load_current
+from qa.index import IndexSpec, LocalSnapshot, load_current
 from qa.lexical import IdentifierIndex, identifiers
 from qa.search import FusionConfig, Searcher
 from tests.fakes import FakeEmbedder
@@ -53,7 +53,7 @@ class AlikeEmbedder(FakeEmbedder):
 
 
 @pytest.fixture(scope="module")
-def ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[IndexData, AlikeEmbedder]:
+def ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalSnapshot, AlikeEmbedder]:
     root = tmp_path_factory.mktemp("ledger")
     corpus = root / "corpus"
     corpus.mkdir()
@@ -65,7 +65,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[IndexData, AlikeEm
     return load_current(root / "index", spec), embedder
 
 
-def ranks(data: IndexData, embedder: AlikeEmbedder, config: FusionConfig) -> dict[str, int]:
+def ranks(data: LocalSnapshot, embedder: AlikeEmbedder, config: FusionConfig) -> dict[str, int]:
     """Rank (1-based, 99 when missing from the top 10) of the right record per question."""
     searcher = Searcher(data, fusion=config)
     asked = questions(records(DOCS), QUESTIONS)
@@ -73,19 +73,19 @@ def ranks(data: IndexData, embedder: AlikeEmbedder, config: FusionConfig) -> dic
     out = {}
     for (_, text, doc), vector in zip(asked, vectors, strict=True):
         hits = searcher.search(text, vector, 10, highlight=False)
-        found = [data.chunks[h.row].doc_id.split("#", 1)[1] for h in hits]
+        found = [h.chunk.doc_id.split("#", 1)[1] for h in hits]
         out[text] = found.index(doc) + 1 if doc in found else 99
     return out
 
 
-def test_the_dense_side_cannot_tell_the_records_apart(ledger: tuple[IndexData, Any]) -> None:
+def test_the_dense_side_cannot_tell_the_records_apart(ledger: tuple[LocalSnapshot, Any]) -> None:
     data, embedder = ledger
-    assert len(data.documents) == DOCS
+    assert len(data.documents()) == DOCS
     got = ranks(data, embedder, FusionConfig(mode="dense"))
     assert sum(r == 1 for r in got.values()) < 0.05 * len(got)  # the test can fail
 
 
-def test_the_record_holding_the_identifier_comes_first(ledger: tuple[IndexData, Any]) -> None:
+def test_the_record_holding_the_identifier_comes_first(ledger: tuple[LocalSnapshot, Any]) -> None:
     data, embedder = ledger
     got = ranks(data, embedder, FusionConfig())
     first = sum(r == 1 for r in got.values()) / len(got)
@@ -96,7 +96,9 @@ def test_the_record_holding_the_identifier_comes_first(ledger: tuple[IndexData, 
     assert len({t for t in TEMPLATES}) == 16 and len(got) >= 16 * 25
 
 
-def test_without_the_exact_score_the_records_are_confused(ledger: tuple[IndexData, Any]) -> None:
+def test_without_the_exact_score_the_records_are_confused(
+    ledger: tuple[LocalSnapshot, Any],
+) -> None:
     """The control: the same fusion without its exact-identifier score (and without the
     gap rule, which also favours a lone BM25 hit) misses the record often."""
     data, embedder = ledger

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index, index_freshness
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.errors import IndexBusy, IndexCorrupt, IndexMismatch, IndexNotReady
 from qa.index import (
     FORMAT_VERSION,
@@ -18,6 +19,8 @@ from qa.index import (
 )
 from qa.settings import Settings
 from tests.fakes import FakeEmbedder
+
+SEGMENT = Path("segments") / "seg-000001"
 
 
 def build(settings: Settings, embedder: FakeEmbedder):
@@ -35,23 +38,30 @@ def test_manifest_names_model_settings_documents_and_checksums(
 ) -> None:
     report = build(settings, fake_embedder)
     manifest = read_manifest(report.path)
-    assert manifest["format_version"] == FORMAT_VERSION == 4
+    assert manifest["format_version"] == FORMAT_VERSION == 5
     assert manifest["model"] == {"id": "fake-embedder", "dimension": 64}
     assert manifest["chunker"] == {"chunk_tokens": 192, "overlap_tokens": 32}
     assert set(manifest["documents"]) == {"nato-indo-pacific.txt", "notes/baking.md"}
     assert all(len(d["sha256"]) == 64 for d in manifest["documents"].values())
     assert manifest["counts"]["chunks"] == report.chunks > 0
     assert manifest["generation"] == 1 and manifest["built_at"]
-    assert {"vectors.faiss", "chunks.jsonl", "documents.jsonl"} <= set(manifest["files"])
+    assert list(manifest["segments"]) == ["seg-000001"]
+    assert all(d["segment"] == "seg-000001" for d in manifest["documents"].values())
+    segment = json.loads((Path(settings.index_dir) / SEGMENT / "manifest.json").read_text("utf-8"))
+    assert {"vectors.faiss", "chunks.jsonl", "documents.jsonl", "tf_rows.npy"} <= set(
+        segment["files"]
+    )
 
 
 def test_no_pickle_anywhere_in_the_index(settings: Settings, fake_embedder: FakeEmbedder) -> None:
-    report = build(settings, fake_embedder)
+    build(settings, fake_embedder)
     import numpy as np
 
-    for path in report.path.rglob("*.npy"):
+    index_dir = Path(settings.index_dir)
+    assert list(index_dir.rglob("*.npy"))
+    for path in index_dir.rglob("*.npy"):
         np.load(path, allow_pickle=False)  # raises if an object array was pickled
-    for path in report.path.rglob("*"):
+    for path in index_dir.rglob("*"):
         if path.is_file():
             assert not path.read_bytes().startswith(b"\x80"), f"{path} looks pickled"
 
@@ -61,9 +71,11 @@ def test_chunk_table_round_trips_with_exact_offsets(
 ) -> None:
     build(settings, fake_embedder)
     data = load_current(Path(settings.index_dir), spec_from_settings(settings))
-    for chunk in data.chunks:
-        assert data.documents[chunk.doc_id].text[chunk.start : chunk.end] == chunk.text
-    assert len(data.store) == len(data.chunks)
+    chunks = data.chunks(data.chunk_ids)
+    for chunk in chunks:
+        doc = data.document(chunk.doc_id)
+        assert doc is not None and doc.text[chunk.start : chunk.end] == chunk.text
+    assert len(data.chunk_vectors(data.chunk_ids)) == len(chunks) == len(data) > 0
 
 
 def test_index_built_with_other_settings_is_refused(
@@ -82,8 +94,8 @@ def test_index_built_with_other_settings_is_refused(
 def test_corrupted_or_truncated_file_is_named(
     settings: Settings, fake_embedder: FakeEmbedder, victim: str
 ) -> None:
-    report = build(settings, fake_embedder)
-    path = report.path / victim
+    build(settings, fake_embedder)
+    path = Path(settings.index_dir) / SEGMENT / victim
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexCorrupt, match=victim):
@@ -184,5 +196,8 @@ def test_manifest_is_plain_json(settings: Settings, fake_embedder: FakeEmbedder)
     assert manifest["model"] == {"id": "fake-embedder", "dimension": fake_embedder.dimension}
     assert manifest["counts"]["documents"] == report.documents == len(manifest["documents"])
     assert manifest["counts"]["chunks"] == report.chunks
-    on_disk = {p.relative_to(report.path).as_posix() for p in report.path.rglob("*") if p.is_file()}
-    assert set(manifest["files"]) == on_disk - {"manifest.json"}
+    assert {p.name for p in report.path.iterdir()} == {"manifest.json"}
+    segment_dir = Path(settings.index_dir) / SEGMENT
+    segment = json.loads((segment_dir / "manifest.json").read_text("utf-8"))
+    on_disk = {p.relative_to(segment_dir).as_posix() for p in segment_dir.rglob("*") if p.is_file()}
+    assert set(segment["files"]) == on_disk - {"manifest.json"}

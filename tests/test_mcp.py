@@ -11,8 +11,9 @@ import anyio
 import pytest
 from mcp import Client, MCPError
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.mcp_server import build_mcp_server, document_uri
 from qa.settings import Settings
 

@@ -85,8 +85,8 @@ def test_metrics_show_the_index_in_service(client: TestClient, engine: Engine) -
     found = samples(client)
     assert value(found, "qa_index_ready") == 1
     assert value(found, "qa_index_generation") == engine.data.generation == 1
-    assert value(found, "qa_index_documents") == len(engine.data.documents) == 2
-    assert value(found, "qa_index_chunks") == len(engine.data.chunks) > 0
+    assert value(found, "qa_index_documents") == len(engine.data.documents()) == 2
+    assert value(found, "qa_index_chunks") == len(engine.data) > 0
 
 
 def test_metrics_record_update_durations_throughput_and_failures(

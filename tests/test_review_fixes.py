@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index, index_freshness
 from qa.chunker import Chunker
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.errors import InvalidRequest, QAError
 from qa.http import create_app
 from qa.index import current_generation_dir, rollback
@@ -39,7 +40,7 @@ def test_generation_numbers_are_never_reused_after_a_rollback(settings: Settings
     report = build(settings, embedder)
     assert report.generation == 3, "a new build gets a new number, not the rolled-back one"
     assert engine.reload_if_changed()
-    assert engine.data.generation == 3 and "v3.md" in engine.data.documents
+    assert engine.data.generation == 3 and engine.data.document("v3.md") is not None
     assert current_generation_dir(Path(settings.index_dir)).name == "gen-000003"
 
 

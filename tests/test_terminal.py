@@ -15,9 +15,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import qa.engine
+from qa.assemble import spec_from_settings
 from qa.builder import build_index
 from qa.cli import app
-from qa.engine import spec_from_settings
 from qa.settings import Settings
 from qa.terminal import json_for_terminal, plain, shown
 from tests.fakes import FakeEmbedder

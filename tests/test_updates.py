@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from qa.assemble import spec_from_settings
 from qa.builder import build_index
-from qa.engine import Engine, spec_from_settings
+from qa.engine import Engine
 from qa.http import create_app
 from qa.index import current_generation_dir, list_generations, load_current, rollback
 from qa.settings import Settings
@@ -31,12 +32,13 @@ def update(settings: Settings, embedder: FakeEmbedder, **kw):
 
 def snapshot(index_dir: Path, settings: Settings):
     data = load_current(index_dir, spec_from_settings(settings))
+    rows = data.chunks(data.chunk_ids)
     chunks = sorted(
-        (c.doc_id, c.start, c.end, c.line_start, c.line_end, c.heading, c.text) for c in data.chunks
+        (c.doc_id, c.start, c.end, c.line_start, c.line_end, c.heading, c.text) for c in rows
     )
     vectors = {
-        (c.doc_id, c.start, c.end): tuple(np.round(data.chunk_vectors[i], 5))
-        for i, c in enumerate(data.chunks)
+        (c.doc_id, c.start, c.end): tuple(np.round(v, 5))
+        for c, v in zip(rows, data.chunk_vectors(data.chunk_ids), strict=True)
     }
     return data, chunks, vectors
 
@@ -82,6 +84,41 @@ def test_update_equals_a_fresh_build(settings: Settings, tmp_path: Path) -> None
         ]
 
 
+def ids_by_span(index_dir: Path, settings: Settings) -> dict[tuple[str, int, int], int]:
+    data = load_current(index_dir, spec_from_settings(settings))
+    chunks = data.chunks(data.chunk_ids)
+    return {(c.doc_id, c.start, c.end): int(i) for c, i in zip(chunks, data.chunk_ids, strict=True)}
+
+
+def test_an_unchanged_chunk_keeps_its_id_across_generations(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Stable ids: an unchanged document's chunks keep theirs; a changed document's chunks
+    and a renamed document's chunks get new ones; a fresh build gives the same ids."""
+    index_dir = Path(settings.index_dir)
+    update(settings, FakeEmbedder())
+    before = ids_by_span(index_dir, settings)
+    change_corpus(Path(settings.corpus_dir))
+    update(settings, FakeEmbedder())
+    after = ids_by_span(index_dir, settings)
+    kept = {k: v for k, v in before.items() if k[0] not in {"notes/baking.md"}}
+    moved = {k: v for k, v in kept.items() if k[0] == "nato-indo-pacific.txt"}
+    for key, chunk_id in kept.items():
+        if key in moved:
+            continue
+        assert after[key] == chunk_id, key
+    assert moved and not set(moved.values()) & set(after.values()), "a rename gets new ids"
+    baking_before = {v for k, v in before.items() if k[0] == "notes/baking.md"}
+    baking_after = {v for k, v in after.items() if k[0] == "notes/baking.md"}
+    assert baking_before.isdisjoint(baking_after), "the document's content hash is in its ids"
+    assert len(set(after.values())) == len(after), "ids are unique"
+    fresh = settings.model_copy(update={"index_dir": tmp_path / "fresh"})
+    build_index(
+        Path(fresh.corpus_dir), Path(fresh.index_dir), FakeEmbedder(), spec_from_settings(fresh)
+    )
+    assert ids_by_span(Path(fresh.index_dir), fresh) == after
+
+
 def test_update_embeds_only_what_changed(settings: Settings) -> None:
     update(settings, FakeEmbedder())
     corpus = Path(settings.corpus_dir)
@@ -117,7 +154,7 @@ def test_rollback_restores_the_previous_generation(settings: Settings) -> None:
     assert current_generation_dir(index_dir).name == "gen-000002"
     target = rollback(index_dir, spec_from_settings(settings))
     assert target.name == "gen-000001"
-    assert "new.md" not in load_current(index_dir).documents
+    assert load_current(index_dir).document("new.md") is None
     # the next update starts from the rolled-back generation and completes
     report = update(settings, embedder)
     assert report.generation == 3 and report.added == ["new.md"]  # numbers are never reused

@@ -19,7 +19,8 @@ from fastapi.staticfiles import StaticFiles
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qa.engine import Engine, filters_from, spec_from_settings
+from qa.assemble import spec_from_settings
+from qa.engine import Engine, filters_from
 from qa.errors import Forbidden, QAError, Unauthorized
 from qa.extraction import CorpusLimits
 from qa.http.chat import create_chat_router

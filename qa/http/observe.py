@@ -111,8 +111,12 @@ class IndexCollector(Collector):
         data = self.engine.data
         for name, doc, value in (
             ("qa_index_generation", "The index generation in service.", data.generation),
-            ("qa_index_documents", "Documents in the generation in service.", len(data.documents)),
-            ("qa_index_chunks", "Chunks in the generation in service.", len(data.chunks)),
+            (
+                "qa_index_documents",
+                "Documents in the generation in service.",
+                len(data.documents()),
+            ),
+            ("qa_index_chunks", "Chunks in the generation in service.", len(data)),
         ):
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], float(value))

@@ -1,35 +1,14 @@
-"""Store: vectors behind a small interface, with FAISS as the implementation.
+"""FAISS vectors of one local generation, by stable int64 chunk id.
 
-Search code talks to ``VectorStore`` only, so another backend (a distributed vector
-database, say) can be added without touching it.
+Used by qa.index.local only: search reads vectors through the Snapshot interface.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
 import faiss
 import numpy as np
-
-
-class VectorStore(Protocol):
-    @property
-    def dimension(self) -> int: ...
-
-    def __len__(self) -> int: ...
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
-
-    def remove(self, ids: np.ndarray) -> int: ...
-
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) of the ``k`` nearest vectors by inner product, best first."""
-        ...
-
-    def vectors(self, ids: np.ndarray) -> np.ndarray: ...
-
-    def save(self, path: Path) -> None: ...
 
 
 class FaissStore:

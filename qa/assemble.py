@@ -1,0 +1,47 @@
+"""One place that assembles the parts from Settings: the embedder, the index spec, the
+chunker and the index store. The CLI, the HTTP app, the MCP server, the benchmarks and the
+tests all build through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qa.chunker import Chunker
+from qa.embedder import Embedder, get_embedder
+from qa.index.local import LocalIndexStore
+from qa.index.spec import IndexSpec
+from qa.settings import Settings
+
+
+def spec_from_settings(settings: Settings) -> IndexSpec:
+    """The model and chunker settings an index must have been built with."""
+    return IndexSpec(
+        model_id=settings.embedding_model,
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap_tokens=settings.chunk_overlap_tokens,
+    )
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The embedding model (loaded lazily, offline unless QA_ALLOW_DOWNLOAD)."""
+    return get_embedder(
+        settings.embedding_model,
+        settings.device,
+        settings.embed_batch_size,
+        settings.allow_download,
+        settings.embed_backend,
+        Path(settings.cache_dir),
+    )
+
+
+def chunker_for(spec: IndexSpec, embedder: Embedder) -> Chunker:
+    """The chunker of ``spec``, counting tokens with the embedder's tokenizer; the window
+    never exceeds what the model reads."""
+    max_tokens = min(spec.chunk_tokens, embedder.max_tokens)
+    overlap = min(spec.chunk_overlap_tokens, max_tokens - 1)
+    return Chunker(embedder.count_tokens, max_tokens, overlap)
+
+
+def store_from_settings(settings: Settings) -> LocalIndexStore:
+    """The index store: the local folder QA_INDEX_DIR, keeping QA_KEEP_GENERATIONS."""
+    return LocalIndexStore(Path(settings.index_dir), settings.keep_generations)

@@ -1,0 +1,44 @@
+"""What an index must have been built with to be served with the current settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qa.errors import IndexMismatch
+
+FORMAT_VERSION = 5  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers;
+# 4: search normalisation (NFKC) of BM25 tokens and embedder input, chunks within the window;
+# 5: stable chunk ids (qa.index.ids) are the vector ids and a column of chunks.jsonl
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The model and chunker settings an index was built with (from Settings, see
+    qa.assemble.spec)."""
+
+    model_id: str
+    chunk_tokens: int
+    chunk_overlap_tokens: int
+
+    def chunker_settings(self) -> dict[str, Any]:
+        return {"chunk_tokens": self.chunk_tokens, "overlap_tokens": self.chunk_overlap_tokens}
+
+
+def check_spec(manifest: dict[str, Any], spec: IndexSpec, where: Path | str) -> None:
+    """Raise IndexMismatch when the index in ``where`` was built with another model or
+    other chunker settings than ``spec``."""
+    built_model = manifest["model"]["id"]
+    if built_model != spec.model_id:
+        raise IndexMismatch(
+            f"the index in {where} was built with model {built_model!r} but "
+            f"QA_EMBEDDING_MODEL is {spec.model_id!r}; rebuild it with `qa index build` "
+            "(or set QA_EMBEDDING_MODEL back)"
+        )
+    if manifest["chunker"] != spec.chunker_settings():
+        raise IndexMismatch(
+            f"the index in {where} was built with chunker settings {manifest['chunker']} but "
+            f"the configured ones are {spec.chunker_settings()}; rebuild it with "
+            "`qa index build`"
+        )
