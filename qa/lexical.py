@@ -104,6 +104,15 @@ def identifiers(text: str) -> set[str]:
     return out
 
 
+def postings(texts: Sequence[str]) -> dict[str, list[int]]:
+    """identifier -> the positions of the texts that hold it, ascending."""
+    table: dict[str, list[int]] = {}
+    for row, text in enumerate(texts):
+        for token in identifiers(text):
+            table.setdefault(token, []).append(row)
+    return table
+
+
 class IdentifierIndex:
     """Which chunks hold each identifier, for exact matching of rare identifiers.
 
@@ -114,12 +123,16 @@ class IdentifierIndex:
     """
 
     def __init__(self, texts: Sequence[str]) -> None:
-        postings: dict[str, list[int]] = {}
-        for row, text in enumerate(texts):
-            for token in identifiers(text):
-                postings.setdefault(token, []).append(row)
-        self._postings = {t: np.asarray(rows, dtype=np.int64) for t, rows in postings.items()}
+        self._postings = {t: np.asarray(r, dtype=np.int64) for t, r in postings(texts).items()}
         self.size = len(texts)
+
+    @classmethod
+    def from_postings(cls, table: dict[str, np.ndarray], size: int) -> IdentifierIndex:
+        """An index from postings already made (``postings``, merged over segments), over
+        ``size`` chunks."""
+        index = cls([])
+        index._postings, index.size = table, size
+        return index
 
     def match(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows, score in (0, 1]) of the chunks holding any of the query's identifiers."""

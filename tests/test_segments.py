@@ -98,7 +98,7 @@ def test_updated_segments_rank_exactly_as_a_fresh_build(tmp_path: Path) -> None:
     assert len(read_manifest(report.path)["segments"]) == 2
     fresh = tmp_path / "fresh"
     build_index(corpus, fresh, FakeEmbedder(), SPEC)
-    for question in ("copper keys", "falcons", "reports every year on meadows"):
+    for question in ("copper keys", "falcons", "reports every year on meadows", "88 keys"):
         for mode in ("bm25", "hybrid", "dense"):
             assert ask_ids(index, question, mode) == ask_ids(fresh, question, mode)
 

@@ -43,15 +43,25 @@ class FaissStore:
         selector = faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))
         return int(self._index.remove_ids(selector))
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(self) == 0 or k <= 0:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, inner products) of the ``k`` nearest vectors, best first; only among the
+        ids in ``allowed`` (int64) when given (a FAISS IDSelectorBatch on the chunk ids)."""
+        if len(self) == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         # One question at a time: OpenMP threads only add wake-up and barrier costs (6 ms a
         # search of a 5-vector index on a busy 2-core machine, 0.05 ms on one thread). The
         # setting is per calling thread, so it is made here, in the request's thread.
         faiss.omp_set_num_threads(1)
-        scores, ids = self._index.search(q, min(k, len(self)))
+        if allowed is None:
+            scores, ids = self._index.search(q, min(k, len(self)))
+        else:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            params = faiss.SearchParameters()
+            params.sel = selector
+            scores, ids = self._index.search(q, min(k, len(allowed)), params=params)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 

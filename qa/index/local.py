@@ -136,8 +136,16 @@ class LocalSnapshot:
             d.doc_id: DocumentInfo(d.doc_id, d.title, d.path, d.sha256, int(doc_chunks[i]))
             for i, d in enumerate(self._doc_list)
         }
-        self._identifiers = IdentifierIndex([self._chunks[int(r)].text for r in live_rows])
-        self._identifier_rows = live_rows  # identifier index row -> row
+        table: dict[str, list[np.ndarray]] = {}
+        for seg, live, off in zip(segments, live_parts, offsets, strict=False):
+            for token, seg_rows in seg.identifiers.items():
+                rows = np.asarray(seg_rows, dtype=np.int64)
+                rows = rows[live[rows]] + off
+                if len(rows):
+                    table.setdefault(token, []).append(rows)
+        self._identifiers = IdentifierIndex.from_postings(
+            {t: np.concatenate(parts) for t, parts in table.items()}, len(live_rows)
+        )  # over the live chunks, by row
         self._last_bm25 = threading.local()  # (query, scores) of this thread's last query
 
     # ------------------------------------------------------------------ about
@@ -200,14 +208,25 @@ class LocalSnapshot:
 
     # ------------------------------------------------------------------ retrieval
     def dense(self, vector: np.ndarray, k: int, filters: Filters | None) -> Scored:
+        """Each segment's FAISS index searched for its allowed chunks (live and within the
+        filters, by an id selector), the results merged by score."""
         mask = self._mask(filters)
-        if mask is None and len(self._segments) == 1:
-            ids, scores = self._segments[0].store.search(vector, k)
-            return Scored(ids, scores.astype(np.float32))
-        allowed = np.flatnonzero(mask) if mask is not None else np.arange(len(self._chunks))
-        cos = self._vectors[allowed] @ vector
-        picked = _top(cos, k)
-        return Scored(self._ids[allowed[picked]], cos[picked].astype(np.float32))
+        found_ids, found_scores = [], []
+        for seg, lo in zip(self._segments, self._offsets, strict=False):
+            allowed = None
+            if mask is not None:
+                part = mask[int(lo) : int(lo) + len(seg.ids)]
+                if not part.any():
+                    continue
+                allowed = None if part.all() else seg.ids[part]
+            ids, scores = seg.store.search(vector, k, allowed)
+            found_ids.append(ids)
+            found_scores.append(scores)
+        if not found_ids:
+            return Scored.empty()
+        ids, scores = np.concatenate(found_ids), np.concatenate(found_scores)
+        picked = _top(scores, k)
+        return Scored(ids[picked], scores[picked].astype(np.float32))
 
     def _bm25_scores(self, query: str) -> np.ndarray:
         last = getattr(self._last_bm25, "value", None)
@@ -232,8 +251,7 @@ class LocalSnapshot:
         return out
 
     def exact(self, query: str, filters: Filters | None) -> Scored:
-        found, values = self._identifiers.match(query)
-        rows = self._identifier_rows[found]
+        rows, values = self._identifiers.match(query)
         mask = self._mask(filters)
         if mask is not None:
             keep = mask[rows]

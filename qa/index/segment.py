@@ -17,6 +17,7 @@ Files of ``segments/seg-NNNNNN/`` (NNNNNN: the generation that wrote it)::
     sentence_vectors.npy float32 (n_sentences, dim)
     vectors.faiss        chunk vectors, FAISS ids = chunk ids
     terms.json, tf_*.npy, lengths.npy   term frequencies for BM25 (qa.index.terms)
+    identifiers.json     identifier -> rows holding it (exact matching, qa.lexical)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from qa.index.faiss_store import FaissStore
 from qa.index.publish import fsync_dir
 from qa.index.spec import FORMAT_VERSION
 from qa.index.terms import TermCounts
+from qa.lexical import postings
 
 SEGMENTS_DIR = "segments"
 MANIFEST = "manifest.json"
@@ -68,6 +70,7 @@ class Segment:
     sentences: np.ndarray
     sentence_vectors: np.ndarray
     terms: TermCounts
+    identifiers: dict[str, list[int]]  # identifier -> segment rows (qa.lexical.postings)
 
 
 def segment_name(generation: int) -> str:
@@ -158,6 +161,8 @@ def write_segment(segments_dir: Path, name: str, payload: SegmentPayload) -> str
     store.add(payload.chunk_ids, payload.chunk_vectors)
     store.save(tmp)
     TermCounts.build([c.text for c in payload.chunks]).save(tmp)
+    table = postings([c.text for c in payload.chunks])
+    (tmp / "identifiers.json").write_text(json.dumps(table, ensure_ascii=False), "utf-8")
     manifest = {
         "format_version": FORMAT_VERSION,
         "segment": name,
@@ -235,6 +240,7 @@ def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> 
         sentences = np.load(seg_dir / "sentences.npy", allow_pickle=False)
         sentence_vectors = np.load(seg_dir / "sentence_vectors.npy", allow_pickle=False)
         terms = TermCounts.load(seg_dir)
+        identifiers = json.loads((seg_dir / "identifiers.json").read_text("utf-8"))
         if len(store) != len(chunks) or len(sentences) != len(sentence_vectors):
             raise ValueError(f"{len(store)} vectors for {len(chunks)} chunks")
         if len(terms.lengths) != len(chunks):
@@ -253,4 +259,5 @@ def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> 
         sentences,
         sentence_vectors,
         terms,
+        identifiers,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -133,11 +134,19 @@ def test_corrupted_generation_is_not_served(watched: Server, tmp_path: Path) -> 
     before = generation(watched)
     index = watched.index
     current = (index / "CURRENT").read_text().strip()
-    # a broken copy of the current generation, named as the next one and put in service
+    # a broken copy of the current generation, named as the next one and put in service:
+    # its manifest names a copy of a segment whose vectors file is truncated
     broken = index / f"gen-{before + 100:06d}"
     shutil.copytree(index / current, broken)
-    vectors = broken / "vectors.faiss"
+    manifest = json.loads((broken / "manifest.json").read_text("utf-8"))
+    name, checksum = next(iter(manifest["segments"].items()))
+    shutil.copytree(index / "segments" / name, index / "segments" / "seg-999999")
+    vectors = index / "segments" / "seg-999999" / "vectors.faiss"
     vectors.write_bytes(vectors.read_bytes()[:100])
+    manifest["segments"] = {"seg-999999": checksum}
+    for meta in manifest["documents"].values():
+        meta["segment"] = "seg-999999"
+    (broken / "manifest.json").write_text(json.dumps(manifest), "utf-8")
     failures = reload_failures(watched)
     (index / "CURRENT").write_text(broken.name + "\n")
     # the server found the new generation, failed to load it, and says so in its metrics
@@ -146,3 +155,4 @@ def test_corrupted_generation_is_not_served(watched: Server, tmp_path: Path) -> 
     assert body["index"]["generation"] == before, "the server kept the good generation"
     (index / "CURRENT").write_text(current + "\n")
     shutil.rmtree(broken)
+    shutil.rmtree(index / "segments" / "seg-999999")
