@@ -29,7 +29,7 @@ from qa.index.local import LocalIndexStore, LocalSnapshot, text_key
 from qa.index.publish import checkpoint
 from qa.index.segment import SegmentPayload
 from qa.index.spec import IndexSpec
-from qa.loaders import LoadReport, load_corpus
+from qa.loaders import FileStamp, LoadReport, load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,20 @@ def _merge(a: SegmentPayload, b: SegmentPayload) -> SegmentPayload:
     )
 
 
+# The coarsest file-time granularity a stamp must outlast (FAT: 2 s; ext4, APFS: 1 ns).
+STAMP_SLACK_NS = 2_000_000_000
+
+
+def _stamps(previous: LocalSnapshot | None) -> tuple[dict[str, FileStamp], int]:
+    """The file stamps of the generation in service and the time before which they are
+    trusted (qa.loaders.load_corpus)."""
+    if previous is None:
+        return {}, 0
+    sources = previous.manifest.get("sources", {})
+    known = {rel: FileStamp.from_json(row) for rel, row in sources.items()}
+    return known, int(previous.manifest.get("scanned_ns", 0)) - STAMP_SLACK_NS
+
+
 def build_index(
     corpus_dir: Path,
     index: Path | LocalIndexStore,
@@ -206,14 +220,18 @@ def build_index(
                 previous = store.load(spec)
             except QAError as exc:
                 log.info("not reusing the previous index: %s", exc.message)
-        loaded = loaded or load_corpus(corpus_dir, limits)
+        scanned_ns = time.time_ns()
+        if loaded is None:
+            known, trusted = _stamps(previous)
+            loaded = load_corpus(corpus_dir, limits, known=known, trust_before_ns=trusted)
         checkpoint("loaded")
-        documents = loaded.documents
+        documents = loaded.documents  # read; loaded.kept: not read again, unchanged
         skipped = loaded.skipped_rows()
         before = (
             {d: m["sha256"] for d, m in previous.manifest["documents"].items()} if previous else {}
         )
-        diff = diff_documents(before, {d.doc_id: d.sha256 for d in documents})
+        now = {d.doc_id: d.sha256 for d in documents} | dict(loaded.kept)
+        diff = diff_documents(before, now)
         if (
             skip_if_unchanged
             and previous is not None
@@ -330,6 +348,8 @@ def build_index(
             },
         }
         payload = GenerationPayload(
+            sources={rel: stamp.as_json() for rel, stamp in loaded.stamps.items()},
+            scanned_ns=scanned_ns,
             segment=segment if segment.documents else None,
             documents=documents_map,
             segments=kept_segments,
@@ -342,7 +362,7 @@ def build_index(
     return BuildReport(
         generation=int(gen_dir.name.split("-")[1]),
         path=gen_dir,
-        documents=len(documents),
+        documents=len(now),
         chunks=len(segment.chunks) + kept_chunks,
         sentences=sum(int(m["sentences"]) for m in documents_map.values()),
         embedded=embedded,

@@ -16,8 +16,9 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,10 +45,45 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """What an index knows of a corpus file it read: size and modification time (ns), the
+    (doc id, sha256) of the documents it gave, and the (path, reason) of what inside it
+    could not be read (BEIR rows, DOCX parts)."""
+
+    size: int
+    mtime_ns: int
+    docs: tuple[tuple[str, str], ...]
+    problems: tuple[tuple[str, str], ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "docs": [list(d) for d in self.docs],
+            "problems": [list(p) for p in self.problems],
+        }
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, object]) -> FileStamp:
+        docs = row.get("docs", [])
+        problems = row.get("problems", [])
+        assert isinstance(docs, list) and isinstance(problems, list)
+        return cls(
+            int(str(row["size"])),
+            int(str(row["mtime_ns"])),
+            tuple((str(d[0]), str(d[1])) for d in docs),
+            tuple((str(p[0]), str(p[1])) for p in problems),
+        )
+
+
 @dataclass
 class LoadReport:
     documents: list[Document] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # (doc id, sha256) of documents of files not read again: unchanged since the index
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    stamps: dict[str, FileStamp] = field(default_factory=dict)  # every file read or kept
 
     def skipped_rows(self) -> list[dict[str, str]]:
         """The skipped files as the manifest and build reports list them."""
@@ -55,13 +91,23 @@ class LoadReport:
 
 
 def load_corpus(
-    corpus_dir: Path, limits: CorpusLimits | None = None, extractor: Extractor | None = None
+    corpus_dir: Path,
+    limits: CorpusLimits | None = None,
+    extractor: Extractor | None = None,
+    known: Mapping[str, FileStamp] | None = None,
+    trust_before_ns: int = 0,
 ) -> LoadReport:
     """Load every supported file below ``corpus_dir`` (hidden files and folders excluded).
 
     Nothing outside the corpus is read (qa.corpus_files) and each file is read within
     ``limits`` by ``extractor``'s worker process (qa.extraction; default: the settings'
     limits and the process-wide extractor). What cannot be read is skipped with the reason.
+
+    A file ``known`` with the same size and modification time is not read again: its
+    documents are listed in ``kept`` (id and hash) and its problems re-reported, as git
+    trusts its index. Only a time before ``trust_before_ns`` is trusted (the start of the
+    scan that made the stamp, less the coarsest file-time granularity), so a file written
+    in the same tick as that scan is always read ("racy" in git's terms).
     """
     from qa.corpus_files import discover
     from qa.extraction import CorpusLimits, shared_extractor
@@ -71,18 +117,50 @@ def load_corpus(
     found = discover(corpus_dir, SUFFIXES, follow_external=limits.follow_external_symlinks)
     report = LoadReport(skipped=[Skipped(rel, reason) for rel, reason in found.skipped])
     seen: set[str] = set()
-    for file, docs in extractor.extract_many(found.files, found.root, limits):
+    to_read = []
+    stats: dict[str, tuple[int, int]] = {}
+    for file in found.files:
+        try:
+            st = os.stat(file.path)
+        except OSError:
+            to_read.append(file)
+            continue
+        stats[file.rel] = (st.st_size, st.st_mtime_ns)
+        stamp = known.get(file.rel) if known else None
+        if (
+            stamp is not None
+            and (stamp.size, stamp.mtime_ns) == stats[file.rel]
+            and st.st_mtime_ns < trust_before_ns
+            and not seen.intersection(d for d, _ in stamp.docs)
+        ):
+            report.kept.extend(stamp.docs)
+            seen.update(d for d, _ in stamp.docs)
+            report.skipped.extend(Skipped(p, r) for p, r in stamp.problems)
+            report.stamps[file.rel] = stamp
+        else:
+            to_read.append(file)
+    for file, docs in extractor.extract_many(to_read, found.root, limits):
         if isinstance(docs, SkipFile):
             log.warning("skipped %s: %s", file.rel, docs)
             report.skipped.append(Skipped(file.rel, str(docs)))
             continue
-        report.skipped.extend(getattr(docs, "problems", []))  # unreadable rows or parts
+        problems = list(getattr(docs, "problems", []))  # unreadable rows or parts
+        report.skipped.extend(problems)
+        accepted = []
+        duplicates = False
         for doc in docs:
             if doc.doc_id in seen:
                 report.skipped.append(Skipped(doc.doc_id, "duplicate document id"))
+                duplicates = True
                 continue
             seen.add(doc.doc_id)
             report.documents.append(doc)
+            accepted.append((doc.doc_id, doc.sha256))
+        if file.rel in stats and not duplicates:  # a file with duplicates is read every time
+            size, mtime_ns = stats[file.rel]
+            report.stamps[file.rel] = FileStamp(
+                size, mtime_ns, tuple(accepted), tuple((s.path, s.reason) for s in problems)
+            )
     report.skipped.sort(key=lambda s: (s.path, s.reason))
     return report
 

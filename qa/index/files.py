@@ -10,7 +10,7 @@ objects and FAISS's own format: no pickle anywhere.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ class GenerationPayload:
     spec: IndexSpec
     dimension: int
     stats: dict[str, Any]
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> its stamp
+    scanned_ns: int = 0  # when the corpus scan of this generation began (time.time_ns)
 
 
 def write_manifest(tmp: Path, payload: GenerationPayload, segments: dict[str, str]) -> None:
@@ -62,6 +64,8 @@ def write_manifest(tmp: Path, payload: GenerationPayload, segments: dict[str, st
         "documents": payload.documents,
         "skipped": payload.skipped,
         "stats": payload.stats,
+        "sources": payload.sources,
+        "scanned_ns": payload.scanned_ns,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), "utf-8")
     fsync_tree(tmp)
