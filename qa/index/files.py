@@ -67,7 +67,9 @@ def write_manifest(tmp: Path, payload: GenerationPayload, segments: dict[str, st
         "sources": payload.sources,
         "scanned_ns": payload.scanned_ns,
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), "utf-8")
+    # one line: the manifest lists every document and file, and is rewritten per generation
+    text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"))
+    (tmp / MANIFEST).write_text(text, "utf-8")
     fsync_tree(tmp)
 
 
@@ -88,6 +90,21 @@ def read_manifest(gen_dir: Path) -> dict[str, Any]:
             f"{path} has format version {manifest.get('format_version')!r}, this qa reads "
             f"version {FORMAT_VERSION}; rebuild with `qa index build`"
         )
+    return manifest
+
+
+def verify_written(tmp: Path, new_segment: str | None) -> dict[str, Any]:
+    """After a write: the manifest reads back and names only segments that exist, and the
+    segment written by this generation (verified file by file when it was written) matches
+    its recorded checksum. Older segments were verified when the generation they came
+    from was loaded; they are not hashed again."""
+    manifest = read_manifest(tmp)
+    for name, sha in manifest["segments"].items():
+        seg_dir = tmp.parent / SEGMENTS_DIR / name
+        if not (seg_dir / "manifest.json").is_file():
+            raise IndexCorrupt(f"segment {seg_dir} named by {tmp} is missing")
+        if name == new_segment:
+            verify_segment(seg_dir, sha)
     return manifest
 
 

@@ -20,7 +20,12 @@ import numpy as np
 from qa.documents import Chunk, Document
 from qa.errors import IndexCorrupt, IndexNotReady, QAError
 from qa.index import publish
-from qa.index.files import GenerationPayload, read_manifest, verify_generation, write_manifest
+from qa.index.files import (
+    GenerationPayload,
+    read_manifest,
+    verify_written,
+    write_manifest,
+)
 from qa.index.segment import (
     SEGMENTS_DIR,
     Segment,
@@ -419,6 +424,7 @@ class LocalIndexStore:
         tmp = publish.next_generation(self.index_dir)
         self.collect_garbage()  # segments of crashed builds, never in service
         segments = dict(payload.segments)
+        name = None
         if payload.segment is not None:
             name = segment_name(publish.generation_number(tmp.with_name(tmp.name[:-4])))
             segments[name] = write_segment(self.index_dir / SEGMENTS_DIR, name, payload.segment)
@@ -426,7 +432,7 @@ class LocalIndexStore:
                 if meta["segment"] is None:
                     meta["segment"] = name
         write_manifest(tmp, payload, segments)
-        verify_generation(tmp)
+        verify_written(tmp, name if payload.segment is not None else None)
         final = publish.publish(self.index_dir, tmp, self.keep)
         self.collect_garbage()
         return final
