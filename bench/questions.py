@@ -105,7 +105,7 @@ def main() -> None:
         "--set",
         action="append",
         default=[],
-        help="FusionConfig field=value, e.g. --set sentence_weight=0.5",
+        help="FusionConfig field=value, e.g. --set lexical_weight=0.2",
     )
     args = parser.parse_args()
 

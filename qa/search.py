@@ -1,11 +1,9 @@
 """Search: dense (FAISS) and BM25 candidates fused into one ranking, near-duplicates removed.
 
-Fusion is a convex combination of normalised scores plus an exact-identifier score:
-``(1 - w) * dense_minmax + w * bm25 / best_bm25 + exact_weight * exact``. The BM25 share
-``w`` moves toward the retriever whose top hit stands out more (the gap rule) and toward
-BM25 on a corpus in a language the model does not know; ``exact`` is the rarity of the
-question's identifiers that a chunk holds verbatim (``qa.lexical.IdentifierIndex``). The
-constants were measured by leave-one-set-out over six BEIR-form sets (``bench/fusion.py``,
+The ranking itself is ``qa.fusion.fuse`` (pure functions over arrays of candidate scores):
+a convex combination of the theoretically normalised cosine and BM25 plus an
+exact-identifier score, with the best sentence ordering the chunks of one document. Its
+parameters were chosen by leave-one-set-out over the BEIR-form sets (``bench/fusion.py``,
 docs/quality.md).
 """
 
@@ -17,24 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from qa.documents import Chunk
+from qa.fusion import FusionConfig as FusionConfig  # re-exported: callers import it from here
+from qa.fusion import blend, familiarity, fuse
 from qa.index.snapshot import Filters, Scored, Snapshot
 from qa.lexical import tokenize
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    mode: str = "hybrid"  # hybrid | dense | bm25
-    lexical_weight: float = 0.2  # BM25 share of the fused score
-    exact_weight: float = 0.5  # weight of the exact-identifier score added to the fused score
-    dedupe_overlap: float = 0.5  # drop a hit sharing this share of a better hit's span
-    gap_gain: float = 0.5  # shift weight toward the retriever whose top hit stands out more
-    sentence_weight: float = 0.5  # share of the best sentence's cosine in a chunk's dense score
-    prf_k: int = 10  # pseudo-relevance feedback: top chunks averaged into the query vector
-    prf_beta: float = 0.3  # weight of their mean vector
-    prf_min_chunks: int = 200  # no feedback on smaller corpora: their top k is not a signal
-    language_rule: bool = True  # lean on BM25 for a corpus the tokenizer shreds (word pieces)
-    familiar_wppw: float = 1.3  # word pieces per word of a corpus in the model's language
-    foreign_wppw: float = 2.0  # ... and of one in a language the model does not know
 
 
 @dataclass
@@ -49,66 +33,6 @@ class Hit:
     lexical: float
     highlight: tuple[int, int]
     highlight_dense: float
-
-
-def _gap(normalised: np.ndarray) -> float:
-    """How far the best score stands above the runner-up, on a [0, 1] scale."""
-    top2 = np.sort(normalised)[-2:]
-    return float(top2[1] - top2[0])
-
-
-def familiarity(word_pieces_per_word: float, config: FusionConfig) -> float:
-    """1 for a corpus in the model's language, falling to 0 as its tokenizer shreds it."""
-    if not config.language_rule:
-        return 1.0
-    lo, hi = config.familiar_wppw, config.foreign_wppw
-    return float(np.clip((hi - word_pieces_per_word) / (hi - lo), 0.0, 1.0))
-
-
-def lexical_weight(config: FusionConfig, known: float = 1.0) -> float:
-    """BM25's share before the gap rule: ``lexical_weight`` for a corpus in the model's
-    language, sliding to 0.8 as the corpus gets foreign to it (``known`` from 1 to 0)."""
-    return 0.8 + known * (config.lexical_weight - 0.8)
-
-
-def _minmax(scores: np.ndarray) -> np.ndarray:
-    """Scores mapped onto [0, 1] over the candidates (all 1 when they are equal)."""
-    lo, hi = float(scores.min()), float(scores.max())
-    out: np.ndarray = (scores - lo) / (hi - lo) if hi > lo else np.ones_like(scores)
-    return out
-
-
-def fuse(
-    dense: np.ndarray,
-    lexical: np.ndarray,
-    exact: np.ndarray,
-    config: FusionConfig,
-    known: float = 1.0,
-) -> np.ndarray:
-    """Fused score of each candidate chunk (higher is better), shape (n,).
-
-    ``dense``: the dense score used for ranking (with feedback), ``lexical``: BM25 (0 where
-    no term matches), ``exact``: the exact-identifier score (``IdentifierIndex.match``),
-    all shape (n,);
-    ``known``: the corpus's familiarity to the model (``familiarity``).
-    """
-    if config.mode == "dense":
-        return dense
-    lex_max = float(lexical.max()) if len(lexical) else 0.0
-    if config.mode == "bm25":
-        return lexical / lex_max if lex_max > 0 else np.zeros_like(lexical)
-    dense_n = _minmax(dense)
-    if lex_max <= 0:
-        fused = dense_n
-    else:
-        lex_n = lexical / lex_max
-        w = lexical_weight(config, known)
-        if config.gap_gain and len(dense) > 1:
-            w = float(np.clip(w + config.gap_gain * (_gap(lex_n) - _gap(dense_n)), 0.05, 0.8))
-        fused = (1 - w) * dense_n + w * lex_n
-    if config.exact_weight:
-        fused = fused + config.exact_weight * exact
-    return fused
 
 
 class Searcher:
@@ -161,8 +85,9 @@ class Searcher:
             ids = np.unique(np.concatenate([dense_ids, lex_ids, exact.ids]))
         if len(ids) == 0:
             return []
-        dense = self.dense_scores(ids, rank_vector)
-        plain = dense if rank_vector is vector else self.dense_scores(ids, vector)
+        dense = self.dense_scores(ids, rank_vector, 0.0)
+        sentence = self.dense_scores(ids, rank_vector, 1.0)
+        plain = dense if rank_vector is vector else self.dense_scores(ids, vector, 0.0)
         lex = (
             snap.lexical_scores(query, ids)
             if cfg.mode != "dense"
@@ -173,9 +98,11 @@ class Searcher:
             where = {int(i): j for j, i in enumerate(ids)}
             for i, value in zip(exact.ids, exact.scores, strict=True):
                 exact_values[where[int(i)]] = value
-        fused = fuse(dense, lex, exact_values, cfg, self.familiarity)
-        order = np.argsort(-fused, kind="stable")
         chunks = snap.chunks(ids)
+        docs = np.unique([c.doc_id for c in chunks], return_inverse=True)[1]
+        known = self.familiarity
+        fused = fuse(dense, lex, exact_values, cfg, known, sentence=sentence, documents=docs)
+        order = np.argsort(-fused, kind="stable")
         hits: list[Hit] = []
         chosen: list[tuple[str, int, int]] = []
         for j in order:
@@ -212,10 +139,11 @@ class Searcher:
         out: np.ndarray = (expanded / np.linalg.norm(expanded)).astype(np.float32)
         return out
 
-    def dense_scores(self, ids: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        """Cosine of each chunk, blended with the cosine of its best-matching sentence."""
+    def dense_scores(self, ids: np.ndarray, vector: np.ndarray, weight: float) -> np.ndarray:
+        """Cosine of each chunk, blended with the cosine of its best-matching sentence:
+        ``(1 - weight) * chunk + weight * best sentence`` (0 gives the chunk's cosine, 1 its
+        best sentence's, the chunk's own for a chunk without sentences). Shape (len(ids),)."""
         chunk_cos: np.ndarray = self.data.chunk_vectors(ids) @ vector
-        weight = self.fusion.sentence_weight
         if weight <= 0:
             return chunk_cos
         sentences = self.data.sentences(ids)
@@ -227,8 +155,7 @@ class Searcher:
         has[sentences.owner] = True
         best[has] = -np.inf
         np.maximum.at(best, sentences.owner, sent_cos)
-        blended: np.ndarray = (1 - weight) * chunk_cos + weight * best
-        return blended
+        return blend(chunk_cos, best, weight)
 
     def _overlaps(
         self, doc_id: str, start: int, end: int, chosen: Sequence[tuple[str, int, int]]

@@ -7,7 +7,8 @@ import pytest
 
 from qa.engine import ABSTAIN_MESSAGE, Engine, filters_from
 from qa.errors import InvalidRequest, NotFound
-from qa.search import FusionConfig, Searcher, familiarity, lexical_weight
+from qa.fusion import FusionConfig, familiarity, lexical_weight
+from qa.search import Searcher
 
 
 def test_answer_cites_the_best_passage_and_highlight_lies_inside(engine: Engine) -> None:
