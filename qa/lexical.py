@@ -1,4 +1,12 @@
-"""BM25 over chunk texts with bm25s (English stopwords, Snowball stemming)."""
+"""BM25 over chunk texts with bm25s (English stopwords, Snowball stemming).
+
+The index is bm25s's: a CSC matrix of precomputed BM25 (Lucene) scores, one column a term,
+saved as ``.npy`` files with ``params.index.json`` and ``vocab.index.json`` and read back
+memory-mapped. It is built here in batches of token-id arrays rather than through
+``bm25s.BM25.index``, which wants every document as a Python list of token strings (3.8 GB
+and 147 s at 1M chunks; ``python -m bench.scale``); the tokens and the scores are the same
+(tests/test_lexical.py compares them with bm25s's own path).
+"""
 
 from __future__ import annotations
 
@@ -9,37 +17,123 @@ from pathlib import Path
 
 import bm25s
 import numpy as np
+import scipy.sparse as sp
 import Stemmer
+from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
+from bm25s.stopwords import STOPWORDS_EN
 
 from qa.normalize import search_form
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _STEMMER = Stemmer.Stemmer("english")
+_STOPWORDS = frozenset(STOPWORDS_EN)
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's token pattern
 # Identifiers with a number in them (libcurl3-gnutls, python3.11, 7.88.1, ERR-4012) are also
 # kept whole: split and stemmed they match every package with a shared part (measured on
 # eval/keywords: BM25 0.845 -> 0.857, hybrid 0.909 -> 0.933; no loss on the other sets).
+# They always hold one of - . + : / and words never do, so the two kinds cannot collide.
 _COMPOUND = re.compile(r"\b\w+(?:[-.+:/]\w+)+")
+_SEPARATOR = re.compile(r"[-.+:/]")
+_BATCH = 8192  # texts tokenized at a time while building
+
+
+def _words(text: str) -> list[str]:
+    """Words (lower-cased, not yet stemmed, stopwords kept) and whole numbered identifiers."""
+    text = search_form(text)  # ligatures, full-width forms, NBSP, ZWSP
+    words = _WORD.findall(text.lower())
+    words.extend(c.lower() for c in _COMPOUND.findall(text) if any(ch.isdigit() for ch in c))
+    return words
+
+
+def _term(word: str) -> str | None:
+    """The index term of one :func:`_words` item: None for a stopword, a numbered
+    identifier as it is, a word stemmed."""
+    if _SEPARATOR.search(word):
+        return word
+    if word in _STOPWORDS:
+        return None
+    return str(_STEMMER.stemWord(word))
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """bm25s tokens (English stopwords, Snowball stems) plus whole numbered identifiers."""
-    texts = [search_form(t) for t in texts]  # ligatures, full-width forms, NBSP, ZWSP
-    tokens = bm25s.tokenize(
-        list(texts),
-        stopwords="en",
-        stemmer=_STEMMER,
-        return_ids=False,
-        show_progress=False,
-    )
-    out = [list(t) for t in tokens]
-    for terms, text in zip(out, texts, strict=True):
-        terms.extend(
-            m.group(0).lower()
-            for m in _COMPOUND.finditer(text)
-            if any(ch.isdigit() for ch in m.group(0))
-        )
+    out = []
+    for text in texts:
+        terms = (_term(w) for w in _words(text))
+        out.append([t for t in terms if t is not None])
     return out
+
+
+class _Terms:
+    """Term columns while building: each distinct word is stemmed once (stopwords: -1)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, int] = {}  # term -> column
+        self._of_word: dict[str, int] = {}  # word or identifier -> column, or -1
+
+    def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(column int32 of every kept token of ``texts``, in order; tokens kept a text)."""
+        per_text = [_words(t) for t in texts]
+        flat = [w for words in per_text for w in words]
+        for word in set(flat).difference(self._of_word):
+            term = _term(word)
+            column = -1 if term is None else self.columns.setdefault(term, len(self.columns))
+            self._of_word[word] = column
+        columns = np.fromiter(map(self._of_word.__getitem__, flat), np.int32, len(flat))
+        owner = np.repeat(np.arange(len(texts)), [len(w) for w in per_text])
+        keep = columns >= 0
+        return columns[keep], np.bincount(owner[keep], minlength=len(texts))
+
+
+def _score_matrix(
+    texts: Sequence[str], k1: float, b: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """bm25s's eager index of ``texts``: (data float32, indices int32, indptr) of the
+    (chunks x terms) CSC matrix of BM25 scores (Lucene variant, bm25s's formulas), and the
+    term -> column map. Tokens are counted a batch at a time into CSR blocks, so the only
+    full-size arrays are the matrix itself (twice while it is transposed)."""
+    terms = _Terms()
+    blocks: list[sp.csr_matrix] = []
+    lengths: list[np.ndarray] = []
+    for start in range(0, len(texts), _BATCH):
+        batch = texts[start : start + _BATCH]
+        columns, kept = terms.batch(batch)
+        owner = np.repeat(np.arange(len(batch), dtype=np.int32), kept)
+        counts = sp.csr_matrix(
+            (np.ones(len(columns), dtype=np.float32), (owner, columns)),
+            shape=(len(batch), len(terms.columns)),
+        )
+        counts.sum_duplicates()  # term frequencies, one entry per (chunk, term)
+        blocks.append(counts)
+        lengths.append(kept)
+    n, width = len(texts), len(terms.columns)
+    nnz = sum(block.nnz for block in blocks)
+    data = np.empty(nnz, dtype=np.float32)
+    indices = np.empty(nnz, dtype=np.int32)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    at = row = 0
+    while blocks:  # concatenate, freeing each block once copied
+        block = blocks.pop(0)
+        data[at : at + block.nnz] = block.data
+        indices[at : at + block.nnz] = block.indices
+        indptr[row + 1 : row + 1 + block.shape[0]] = block.indptr[1:] + at
+        at, row = at + block.nnz, row + block.shape[0]
+    doc_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    idf_of = _select_idf_scorer("lucene")
+    df = np.bincount(indices, minlength=width)
+    idf = np.fromiter((idf_of(int(d), N=n) for d in df), np.float32, width)
+    tfc = _select_tfc_scorer("lucene")
+    avg_len = float(doc_len.mean()) if n else 0.0
+    step = 1 << 22
+    row_of = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
+    for lo in range(0, nnz, step):  # scores in slices: no nnz-sized temporaries
+        part = slice(lo, lo + step)
+        l_d = doc_len[row_of[part]]
+        data[part] = idf[indices[part]] * tfc(data[part], l_d=l_d, l_avg=avg_len, k1=k1, b=b)
+    del row_of
+    csc = sp.csr_matrix((data, indices, indptr), shape=(n, width)).tocsc()
+    return csc.data.astype(np.float32, copy=False), csc.indices, csc.indptr, terms.columns
 
 
 class BM25Index:
@@ -53,35 +147,80 @@ class BM25Index:
 
     @classmethod
     def build(cls, texts: Sequence[str]) -> BM25Index:
+        """Index ``texts`` (one a chunk, in chunk order). Tokens as :func:`tokenize`, scores
+        as ``bm25s.BM25().index`` (k1 1.5, b 0.75, Lucene)."""
         retriever = bm25s.BM25()
-        tokens = tokenize(texts) if texts else []
-        # bm25s cannot index an empty corpus or empty documents' vocabulary; keep shapes
-        if texts and any(tokens):
-            retriever.index(tokens, show_progress=False)
+        if texts:
+            data, indices, indptr, vocab = _score_matrix(texts, retriever.k1, retriever.b)
+            # bm25s cannot index an empty corpus or empty documents' vocabulary; keep shapes
+            if len(data):
+                vocab[""] = len(vocab)  # what bm25s.BM25.index adds (create_empty_token)
+                retriever.scores = {
+                    "data": data,
+                    "indices": indices,
+                    "indptr": indptr,
+                    "num_docs": len(texts),
+                }
+                retriever.vocab_dict = vocab
+                retriever.nonoccurrence_array = None
+                retriever.unique_token_ids_set = set(vocab.values())
         return cls(retriever, len(texts))
 
-    def scores(self, query: str) -> np.ndarray:
-        """BM25 score of every chunk for ``query`` (zeros when no term is known)."""
+    def _term_ids(self, query: str) -> np.ndarray:
         if self.size == 0 or not hasattr(self._retriever, "vocab_dict"):
-            return np.zeros(self.size, dtype=np.float32)
+            return np.zeros(0, dtype=np.int64)
         terms = tokenize([query])[0]
-        ids = self._retriever.get_tokens_ids(terms)
-        if not ids:
+        return np.asarray(self._retriever.get_tokens_ids(terms), dtype=np.int64)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every chunk for ``query``, float32 (size,) (zeros when no term is
+        known). The sum of the query terms' columns, as ``bm25s.BM25.get_scores``."""
+        ids = self._term_ids(query)
+        if len(ids) == 0:
             return np.zeros(self.size, dtype=np.float32)
-        return np.asarray(self._retriever.get_scores_from_ids(ids), dtype=np.float32)
+        matrix = self._retriever.scores
+        indptr, indices, data = matrix["indptr"], matrix["indices"], matrix["data"]
+        rows = np.concatenate([indices[indptr[t] : indptr[t + 1]] for t in ids])
+        values = np.concatenate([data[indptr[t] : indptr[t + 1]] for t in ids])
+        return np.bincount(rows, weights=values, minlength=self.size).astype(np.float32)
+
+    def top(
+        self, query: str, k: int, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64, scores float32) of the ``k`` best-scoring chunks holding a query
+        term, best first (ties: lower row first); with ``rows``, only among those rows."""
+        scores = self.scores(query)
+        if rows is not None:
+            allowed = np.zeros(self.size, dtype=bool)
+            allowed[np.asarray(rows, dtype=np.int64)] = True
+            scores[~allowed] = 0.0
+        found = np.flatnonzero(scores > 0)
+        if k <= 0 or len(found) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if len(found) > k:  # the k best; of those tied with the k-th, the lowest rows
+            values = scores[found]
+            kth = np.partition(values, len(values) - k)[len(values) - k]
+            above, tied = found[values > kth], found[values == kth]
+            found = np.concatenate([above, tied[: k - len(above)]])
+        order = np.lexsort((found, -scores[found]))
+        best = found[order].astype(np.int64)
+        return best, scores[best]
 
     def save(self, path: Path) -> None:
+        """Write bm25s's files (``.npy`` arrays and JSON, no pickle) under ``path/bm25``."""
         target = path / self.DIR_NAME
         target.mkdir(parents=True, exist_ok=True)
         if hasattr(self._retriever, "vocab_dict"):
             self._retriever.save(str(target), show_progress=False)
 
     @classmethod
-    def load(cls, path: Path, size: int) -> BM25Index:
+    def load(cls, path: Path, size: int, *, mmap: bool = True) -> BM25Index:
+        """Read the index under ``path/bm25``; with ``mmap`` the score arrays stay in the
+        files (``np.load(mmap_mode="r")``), shared by every process serving them."""
         target = path / cls.DIR_NAME
         if size == 0 or not (target / "params.index.json").exists():
             return cls(bm25s.BM25(), size)
-        retriever = bm25s.BM25.load(str(target), mmap=False, allow_pickle=False)
+        retriever = bm25s.BM25.load(str(target), mmap=mmap, allow_pickle=False)
         return cls(retriever, size)
 
 
