@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from itertools import chain, repeat
 from pathlib import Path
 
 import bm25s
@@ -34,56 +35,119 @@ _WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's token pattern
 # eval/keywords: BM25 0.845 -> 0.857, hybrid 0.909 -> 0.933; no loss on the other sets).
 # They always hold one of - . + : / and words never do, so the two kinds cannot collide.
 _COMPOUND = re.compile(r"\b\w+(?:[-.+:/]\w+)+")
+# A group: word-character runs joined by single separators. Every run of a text lies in
+# one group, and the groups with a separator are exactly the _COMPOUND matches; so one
+# pass over an ASCII text finds both the words (the runs of 2+ characters) and the
+# identifiers, and each distinct group is split, stemmed and looked up once.
+_GROUP = re.compile(r"\w++(?:[-.+:/]\w++)*")
 _SEPARATOR = re.compile(r"[-.+:/]")
+_COMPOUND_KEY = "\x00"  # marks a whole identifier found by the non-ASCII path
 _BATCH = 8192  # texts tokenized at a time while building
 
 
-def _words(text: str) -> list[str]:
-    """Words (lower-cased, not yet stemmed, stopwords kept) and whole numbered identifiers."""
+def _keys(text: str) -> list[str]:
+    """The groups of ``text`` (lower-cased), each to be expanded by :func:`_key_terms`."""
     text = search_form(text)  # ligatures, full-width forms, NBSP, ZWSP
-    words = _WORD.findall(text.lower())
-    words.extend(c.lower() for c in _COMPOUND.findall(text) if any(ch.isdigit() for ch in c))
-    return words
+    lowered = text.lower()
+    if text.isascii():  # lower() keeps every character's class and the length
+        return _GROUP.findall(lowered)
+    # elsewhere lower-casing may change what is a word character (İ -> i + U+0307):
+    # words from the lower-cased text, identifiers from the text, as bm25s and before
+    keys = _WORD.findall(lowered)
+    keys.extend(
+        _COMPOUND_KEY + c.lower() for c in _COMPOUND.findall(text) if any(ch.isdigit() for ch in c)
+    )
+    return keys
 
 
-def _term(word: str) -> str | None:
-    """The index term of one :func:`_words` item: None for a stopword, a numbered
-    identifier as it is, a word stemmed."""
-    if _SEPARATOR.search(word):
-        return word
-    if word in _STOPWORDS:
-        return None
-    return str(_STEMMER.stemWord(word))
+def _key_terms(key: str) -> tuple[str, ...]:
+    """Index terms of one :func:`_keys` item: its words of 2+ characters that are not
+    stopwords, stemmed, and the whole group when it is a numbered identifier."""
+    if key.startswith(_COMPOUND_KEY):
+        return (key[1:],)
+    parts = _SEPARATOR.split(key)
+    terms = [str(_STEMMER.stemWord(p)) for p in parts if len(p) >= 2 and p not in _STOPWORDS]
+    if len(parts) > 1 and any(ch.isdigit() for ch in key):
+        terms.append(key)
+    return tuple(terms)
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """bm25s tokens (English stopwords, Snowball stems) plus whole numbered identifiers."""
-    out = []
-    for text in texts:
-        terms = (_term(w) for w in _words(text))
-        out.append([t for t in terms if t is not None])
-    return out
+    return [[t for key in _keys(text) for t in _key_terms(key)] for text in texts]
 
 
 class _Terms:
-    """Term columns while building: each distinct word is stemmed once (stopwords: -1)."""
+    """Term columns while building: each distinct group is split and stemmed once."""
+
+    _SENTINEL = "\u03c9"  # joins a batch's ASCII texts: a word character no ASCII text holds
+    _NEXT, _MISSING = -3, -4
 
     def __init__(self) -> None:
         self.columns: dict[str, int] = {}  # term -> column
-        self._of_word: dict[str, int] = {}  # word or identifier -> column, or -1
+        # group -> its one term's column, -1 for none, -5 - i for several (self._several[i])
+        self._code: dict[str, int] = {self._SENTINEL: self._NEXT}
+        self._several: list[tuple[int, ...]] = []
+
+    def _add(self, key: str) -> None:
+        terms = tuple(self.columns.setdefault(t, len(self.columns)) for t in _key_terms(key))
+        if len(terms) <= 1:
+            code = terms[0] if terms else -1
+        else:
+            code = -5 - len(self._several)
+            self._several.append(terms)
+        self._code[key] = code
 
     def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(column int32 of every kept token of ``texts``, in order; tokens kept a text)."""
-        per_text = [_words(t) for t in texts]
-        flat = [w for words in per_text for w in words]
-        for word in set(flat).difference(self._of_word):
-            term = _term(word)
-            column = -1 if term is None else self.columns.setdefault(term, len(self.columns))
-            self._of_word[word] = column
-        columns = np.fromiter(map(self._of_word.__getitem__, flat), np.int32, len(flat))
-        owner = np.repeat(np.arange(len(texts)), [len(w) for w in per_text])
-        keep = columns >= 0
-        return columns[keep], np.bincount(owner[keep], minlength=len(texts))
+        """(text int32, column int32) of every term of ``texts``, one pair a term.
+
+        ASCII texts (most) are lower-cased and split in one regex pass over the batch
+        joined by a sentinel group; the others one at a time, as :func:`_keys` does."""
+        plain: list[str] = []
+        plain_rows: list[int] = []
+        owners: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        for row, text in enumerate(texts):
+            form = text if text.isascii() else search_form(text)
+            if form.isascii():
+                plain.append(form)
+                plain_rows.append(row)
+                continue
+            columns = [c for key in _keys(form) for c in self._columns_of(key)]
+            owners.append(np.full(len(columns), row, dtype=np.int32))
+            cols.append(np.asarray(columns, dtype=np.int32))
+        keys = _GROUP.findall(f" {self._SENTINEL} ".join(plain).lower())
+        codes = np.fromiter(map(self._code.get, keys, repeat(self._MISSING)), np.int32, len(keys))
+        missing = np.flatnonzero(codes == self._MISSING).tolist()
+        if missing:
+            for key in set(map(keys.__getitem__, missing)):
+                self._add(key)
+            found = map(self._code.__getitem__, map(keys.__getitem__, missing))
+            codes[missing] = np.fromiter(found, np.int32, len(missing))
+        owner = np.asarray(plain_rows, dtype=np.int32)[np.cumsum(codes == self._NEXT)]
+        one = codes >= 0
+        owners.append(owner[one])
+        cols.append(codes[one])
+        several = np.flatnonzero(codes <= -5)
+        if len(several):  # identifiers and hyphenated words: each part and the whole
+            lists = [self._several[i] for i in range(len(self._several))]
+            sizes = np.fromiter(map(len, lists), np.int64, len(lists))
+            flat = np.fromiter(chain.from_iterable(lists), np.int32, int(sizes.sum()))
+            which = -5 - codes[several]
+            size = sizes[which]
+            first = (np.cumsum(sizes) - sizes)[which]
+            owners.append(np.repeat(owner[several], size))
+            at = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+            cols.append(flat[np.repeat(first, size) + at])
+        return np.concatenate(owners), np.concatenate(cols)
+
+    def _columns_of(self, key: str) -> tuple[int, ...]:
+        code = self._code.get(key)
+        if code is None or code == self._NEXT:
+            return tuple(self.columns.setdefault(t, len(self.columns)) for t in _key_terms(key))
+        if code >= 0:
+            return (code,)
+        return () if code == -1 else self._several[-5 - code]
 
 
 def _score_matrix(
@@ -98,20 +162,20 @@ def _score_matrix(
     lengths: list[np.ndarray] = []
     for start in range(0, len(texts), _BATCH):
         batch = texts[start : start + _BATCH]
-        columns, kept = terms.batch(batch)
-        owner = np.repeat(np.arange(len(batch), dtype=np.int32), kept)
+        owner, columns = terms.batch(batch)
         counts = sp.csr_matrix(
             (np.ones(len(columns), dtype=np.float32), (owner, columns)),
             shape=(len(batch), len(terms.columns)),
         )
         counts.sum_duplicates()  # term frequencies, one entry per (chunk, term)
         blocks.append(counts)
-        lengths.append(kept)
+        lengths.append(np.bincount(owner, minlength=len(batch)))
     n, width = len(texts), len(terms.columns)
     nnz = sum(block.nnz for block in blocks)
     data = np.empty(nnz, dtype=np.float32)
-    indices = np.empty(nnz, dtype=np.int32)
-    indptr = np.zeros(n + 1, dtype=np.int64)
+    index_type = np.int32 if nnz < 2**31 else np.int64  # scipy widens mixed index types
+    indices = np.empty(nnz, dtype=index_type)
+    indptr = np.zeros(n + 1, dtype=index_type)
     at = row = 0
     while blocks:  # concatenate, freeing each block once copied
         block = blocks.pop(0)

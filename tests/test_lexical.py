@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import bm25s
 import numpy as np
+import Stemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qa.lexical import BM25Index, tokenize
+from qa.normalize import search_form
 
 WORDS = ["the", "running", "runs", "cat", "cats", "libcurl3-gnutls", "python3.11", "7.88.1"]
 WORDS += ["ERR-4012", "of", "ﬁnal", "final", "a", "zebra", "data_set", "x", "Ünïcode", "and"]
+WORDS += ["İstanbul", "x86_64-linux", "e.g.", "out-of-date", "v2", "ＡＢＣ１２-3"]
+
+
+def reference_tokenize(text: str) -> list[str]:
+    """The tokenizer on main at d764e7d: bm25s.tokenize, then numbered identifiers whole."""
+    text = search_form(text)
+    tokens = bm25s.tokenize(
+        [text], stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+        show_progress=False,
+    )[0]  # fmt: skip
+    compounds = re.findall(r"\b\w+(?:[-.+:/]\w+)+", text)
+    return list(tokens) + [c.lower() for c in compounds if any(ch.isdigit() for ch in c)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from([*"aAbeİıßﬁ1２3-.+:/_ \n", "the", "of", "x86", "İstanbul"]), max_size=30
+    ).map("".join)
+)
+def test_tokens_as_bm25s_plus_identifiers(text: str) -> None:
+    assert sorted(tokenize([text])[0]) == sorted(reference_tokenize(text))
 
 
 def reference_scores(texts: list[str], query: str) -> np.ndarray:
