@@ -242,6 +242,7 @@ def part_exact_sweep(sizes: list[int], queries: int) -> dict[str, Any]:
             "ivf": latencies(lambda i, f=ivf: ann.search(f, xq[i], 100), queries)["p50"],
             "ivf_build_s": ivf_build,
             "nprobe": ann.nprobe_of(ivf),
+            "nlist": ann.lists_for(n),
             "recall": ann.recall_at(ids[truth_rows], found),
         }
     return rows
@@ -348,17 +349,14 @@ def report(results: dict[str, Any]) -> str:
     )
     lines.append("|---|---|---|---|---|---|---|")
     for n, r in sorted(results["sweep"].items(), key=lambda kv: int(kv[0])):
-        nlist = {True: "-", False: ""}[False]
         lines.append(
             f"| {int(n):,} | {r['flat32']:.2f} | {r['fp16']:.2f} | {r['ivf']:.2f} | "
-            f"{nlist}{r['nprobe']} | {r['recall']:.3f} | {r['ivf_build_s']:.1f} |"
+            f"{r['nlist']} / {r['nprobe']} | {r['recall']:.3f} | {r['ivf_build_s']:.1f} |"
         )
     lines.append("")
     lines.append("(p50 ms of a k=100 search; IVF nprobe calibrated at build for recall@10 0.95.)")
     lines += ["", "### Dense index", ""]
-    lines.append(
-        "| | " + " | ".join(f"{int(n):,} chunks" for n in results["dense"]) + " |"
-    )
+    lines.append("| | " + " | ".join(f"{int(n):,} chunks" for n in results["dense"]) + " |")
     lines.append("|---|" + "---|" * len(results["dense"]))
 
     def row(label: str, get: Callable[[dict[str, Any]], str]) -> None:
@@ -369,7 +367,9 @@ def report(results: dict[str, Any]) -> str:
         if r["build"]["nprobe"] else ""))  # fmt: skip
     row("build (train, add, calibrate) s", lambda r: f"{r['build']['ann_build_s']:.1f}")
     row("bytes on disk", lambda r: f"{r['build']['ann_bytes'] / 1e6:.0f} MB")
-    row("bytes on disk, exact float32 (today)", lambda r: f"{r['build']['flat_bytes'] / 1e6:.0f} MB")
+    row(
+        "bytes on disk, exact float32 (today)", lambda r: f"{r['build']['flat_bytes'] / 1e6:.0f} MB"
+    )
     row("load (memory-mapped) ms", lambda r: f"{r['ann']['load_s'] * 1000:.0f}")
     row("RSS after load, anon + file MB", lambda r: (
         f"{r['ann']['rss_after_load_mb']['RssAnon']:.0f} + "
@@ -395,7 +395,10 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(get(results["bm25"][n]) for n in sizes) + " |")
 
     brow("text (characters)", lambda r: f"{r['build']['chars'] / 1e6:.0f} M")
-    brow("terms / stored scores", lambda r: f"{r['build']['terms']:,} / {r['build']['nnz'] / 1e6:.1f} M")
+    brow(
+        "terms / stored scores",
+        lambda r: f"{r['build']['terms']:,} / {r['build']['nnz'] / 1e6:.1f} M",
+    )
     brow("build s", lambda r: f"{r['build']['build_s']:.1f}")
     brow("peak RSS of the build, MB (above the texts)", lambda r: (
         f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})"))  # fmt: skip
@@ -410,7 +413,10 @@ def report(results: dict[str, Any]) -> str:
         f"{r['search']['rss_after_search_mb']['RssAnon']:.0f} + "
         f"{r['search']['rss_after_search_mb']['RssFile']:.0f}"))  # fmt: skip
     brow("`top(query, 100)`", lambda r: fmt_ms(r["search"]["top100"]))
-    brow("`top(query, 100)`, rows filter allows 10 %", lambda r: fmt_ms(r["search"]["top100_filter_0.1"]))
+    brow(
+        "`top(query, 100)`, rows filter allows 10 %",
+        lambda r: fmt_ms(r["search"]["top100_filter_0.1"]),
+    )
     brow("`scores(query)` (every chunk)", lambda r: fmt_ms(r["search"]["scores"]))
     lines += ["", END]
     return "\n".join(lines) + "\n"
