@@ -150,13 +150,12 @@ class _Terms:
         return () if code == -1 else self._several[-5 - code]
 
 
-def _score_matrix(
-    texts: Sequence[str], k1: float, b: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """bm25s's eager index of ``texts``: (data float32, indices int32, indptr) of the
-    (chunks x terms) CSC matrix of BM25 scores (Lucene variant, bm25s's formulas), and the
-    term -> column map. Tokens are counted a batch at a time into CSR blocks, so the only
-    full-size arrays are the matrix itself (twice while it is transposed)."""
+def _term_rows(
+    texts: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Term frequencies of ``texts`` as a (chunks x terms) CSR matrix: (counts float32,
+    columns int32, indptr), each chunk's number of terms (int64) and the term -> column map.
+    Tokens are counted a batch at a time, so the only full-size arrays are the matrix's."""
     terms = _Terms()
     blocks: list[sp.csr_matrix] = []
     lengths: list[np.ndarray] = []
@@ -170,7 +169,7 @@ def _score_matrix(
         counts.sum_duplicates()  # term frequencies, one entry per (chunk, term)
         blocks.append(counts)
         lengths.append(np.bincount(owner, minlength=len(batch)))
-    n, width = len(texts), len(terms.columns)
+    n = len(texts)
     nnz = sum(block.nnz for block in blocks)
     data = np.empty(nnz, dtype=np.float32)
     index_type = np.int32 if nnz < 2**31 else np.int64  # scipy widens mixed index types
@@ -184,6 +183,39 @@ def _score_matrix(
         indptr[row + 1 : row + 1 + block.shape[0]] = block.indptr[1:] + at
         at, row = at + block.nnz, row + block.shape[0]
     doc_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return data, indices, indptr, doc_len, terms.columns
+
+
+def term_counts(
+    texts: Sequence[str],
+) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Term frequencies of ``texts`` (tokens as :func:`tokenize`), by term: (term -> id,
+    indptr int64 (terms + 1,), rows int32 and counts float32 (one per (term, chunk) pair,
+    rows ascending within a term), lengths float32 (chunks,): terms a chunk).
+
+    For term id t, ``rows[indptr[t]:indptr[t+1]]`` are the chunks holding it. Built in
+    batches of token ids (no per-token Python objects kept): 1M chunks in
+    docs/performance.md."""
+    data, indices, indptr, doc_len, vocab = _term_rows(texts)
+    csc = sp.csr_matrix((data, indices, indptr), shape=(len(texts), len(vocab))).tocsc()
+    del data, indices, indptr
+    return (
+        vocab,
+        csc.indptr.astype(np.int64),
+        csc.indices.astype(np.int32, copy=False),
+        csc.data.astype(np.float32, copy=False),
+        doc_len.astype(np.float32),
+    )
+
+
+def _score_matrix(
+    texts: Sequence[str], k1: float, b: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """bm25s's eager index of ``texts``: (data float32, indices int32, indptr) of the
+    (chunks x terms) CSC matrix of BM25 scores (Lucene variant, bm25s's formulas), and the
+    term -> column map."""
+    data, indices, indptr, doc_len, vocab = _term_rows(texts)
+    n, width, nnz = len(texts), len(vocab), len(data)
     idf_of = _select_idf_scorer("lucene")
     df = np.bincount(indices, minlength=width)
     idf = np.fromiter((idf_of(int(d), N=n) for d in df), np.float32, width)
@@ -197,7 +229,7 @@ def _score_matrix(
         data[part] = idf[indices[part]] * tfc(data[part], l_d=l_d, l_avg=avg_len, k1=k1, b=b)
     del row_of
     csc = sp.csr_matrix((data, indices, indptr), shape=(n, width)).tocsc()
-    return csc.data.astype(np.float32, copy=False), csc.indices, csc.indptr, terms.columns
+    return csc.data.astype(np.float32, copy=False), csc.indices, csc.indptr, vocab
 
 
 class BM25Index:
