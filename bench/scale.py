@@ -321,6 +321,75 @@ def part_bm25_search(n: int, work: Path, queries: int) -> dict[str, Any]:
     return out
 
 
+def _old_term_counts(texts: list[str]) -> Any:
+    """TermCounts.build as on main at 38360c9: tokenize, then a Counter a chunk."""
+    from collections import Counter as _Counter
+
+    from qa.lexical import tokenize
+
+    vocab: dict[str, int] = {}
+    postings: list[list[tuple[int, int]]] = []
+    lengths = np.zeros(len(texts), dtype=np.float32)
+    for row, terms in enumerate(tokenize(texts) if texts else []):
+        lengths[row] = len(terms)
+        for term, count in _Counter(terms).items():
+            tid = vocab.setdefault(term, len(vocab))
+            if tid == len(postings):
+                postings.append([])
+            postings[tid].append((row, count))
+    return vocab, postings, lengths
+
+
+def part_terms_build(n: int, work: Path, old: bool) -> dict[str, Any]:
+    """The index's BM25 data (qa.index.terms.TermCounts of one segment)."""
+    from qa.index.terms import TermCounts
+
+    texts = make_texts(n)
+    base = rss_mb()["VmRSS"]
+    began, cpu = time.perf_counter(), time.process_time()
+    if old:
+        _old_term_counts(texts)
+        out: dict[str, Any] = {}
+    else:
+        counts = TermCounts.build(texts)
+        out = {"terms": len(counts.vocab), "nnz": len(counts.rows)}
+    out["build_s"] = time.perf_counter() - began
+    out["build_cpu_s"] = time.process_time() - cpu
+    out["texts_mb"] = base
+    out["peak_mb"] = peak_mb()
+    out["peak_above_texts_mb"] = peak_mb() - base
+    out["chars"] = sum(map(len, texts))
+    if not old:
+        began = time.perf_counter()
+        counts.save(work)
+        out["write_s"] = time.perf_counter() - began
+        out["bytes"] = dir_bytes(work)
+    return out
+
+
+def part_terms_search(n: int, work: Path, queries: int) -> dict[str, Any]:
+    from qa.index.terms import SegmentedBM25, TermCounts
+
+    qs = make_queries(queries)
+    before = rss_mb()
+    began = time.perf_counter()
+    counts = TermCounts.load(work)
+    bm25 = SegmentedBM25([(counts, np.ones(n, dtype=bool), 0)], n)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - began}
+    after = rss_mb()
+    out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
+    out["scores"] = latencies(lambda i: bm25.scores(qs[i]), queries)
+
+    def top100(i: int) -> None:
+        s = bm25.scores(qs[i])
+        np.argpartition(-s, 100)[:100]
+
+    out["top100"] = latencies(top100, queries)
+    end = rss_mb()
+    out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
+    return out
+
+
 # --- driver --------------------------------------------------------------------------------
 def run_part(*args: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.scale", "--part", *args]
@@ -331,6 +400,18 @@ def run_part(*args: str) -> dict[str, Any]:
 
 def fmt_ms(d: dict[str, float]) -> str:
     return f"{d['p50']:.2f} / {d['p95']:.2f}"
+
+
+def table(
+    lines: list[str],
+    by_size: dict[str, Any],
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]],
+) -> None:
+    sizes = sorted(by_size, key=int)
+    lines.append("| | " + " | ".join(f"{int(n):,} chunks" for n in sizes) + " |")
+    lines.append("|---|" + "---|" * len(sizes))
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(get(by_size[n]) for n in sizes) + " |")
 
 
 def report(results: dict[str, Any]) -> str:
@@ -356,11 +437,14 @@ def report(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("(p50 ms of a k=100 search; IVF nprobe calibrated at build for recall@10 0.95.)")
     lines += ["", "### Dense index", ""]
-    lines.append("| | " + " | ".join(f"{int(n):,} chunks" for n in results["dense"]) + " |")
-    lines.append("|---|" + "---|" * len(results["dense"]))
+    dense = [results["dense"][n] for n in sorted(results["dense"], key=int)]
+    lines.append(
+        "| | " + " | ".join(f"{int(n):,} chunks" for n in sorted(results["dense"], key=int)) + " |"
+    )
+    lines.append("|---|" + "---|" * len(dense))
 
     def row(label: str, get: Callable[[dict[str, Any]], str]) -> None:
-        lines.append(f"| {label} | " + " | ".join(get(r) for r in results["dense"].values()) + " |")
+        lines.append(f"| {label} | " + " | ".join(get(r) for r in dense) + " |")
 
     row("index type chosen", lambda r: f"{r['build']['ann_kind']}" + (
         f" ({r['build']['nlist']} lists, nprobe {r['build']['nprobe']})"
@@ -386,38 +470,51 @@ def report(results: dict[str, Any]) -> str:
     row("RSS after searches, exact float32, anon + file MB", lambda r: (
         f"{r['flat']['rss_after_search_mb']['RssAnon']:.0f} + "
         f"{r['flat']['rss_after_search_mb']['RssFile']:.0f}"))  # fmt: skip
-    lines += ["", "### BM25", ""]
-    sizes = list(results["bm25"])
-    lines.append("| | " + " | ".join(f"{int(n):,} chunks" for n in sizes) + " |")
-    lines.append("|---|" + "---|" * len(sizes))
-
-    def brow(label: str, get: Callable[[dict[str, Any]], str]) -> None:
-        lines.append(f"| {label} | " + " | ".join(get(results["bm25"][n]) for n in sizes) + " |")
-
-    brow("text (characters)", lambda r: f"{r['build']['chars'] / 1e6:.0f} M")
-    brow(
-        "terms / stored scores",
-        lambda r: f"{r['build']['terms']:,} / {r['build']['nnz'] / 1e6:.1f} M",
+    lines += ["", "### BM25: the index's term counts (`qa.index.terms`)", ""]
+    lines.append(
+        "What a segment stores for BM25 (`TermCounts`: term frequencies by term, chunk "
+        "lengths) and how a query is scored over it (`SegmentedBM25.scores`, then the 100 "
+        "best by `argpartition`), one segment, arrays memory-mapped."
     )
-    brow("build s", lambda r: f"{r['build']['build_s']:.1f}")
-    brow("peak RSS of the build, MB (above the texts)", lambda r: (
-        f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})"))  # fmt: skip
-    brow("build s, main at d764e7d", lambda r: (
-        f"{r['old']['build_s']:.1f}" if "old" in r else "not run"))  # fmt: skip
-    brow("peak RSS MB, main at d764e7d (above the texts)", lambda r: (
-        f"{r['old']['peak_mb']:.0f} ({r['old']['peak_above_texts_mb']:.0f})"
-        if "old" in r else "not run"))  # fmt: skip
-    brow("bytes on disk", lambda r: f"{r['build']['bytes'] / 1e6:.0f} MB")
-    brow("load (memory-mapped) ms", lambda r: f"{r['search']['load_s'] * 1000:.0f}")
-    brow("RSS after searches, anon + file MB", lambda r: (
-        f"{r['search']['rss_after_search_mb']['RssAnon']:.0f} + "
-        f"{r['search']['rss_after_search_mb']['RssFile']:.0f}"))  # fmt: skip
-    brow("`top(query, 100)`", lambda r: fmt_ms(r["search"]["top100"]))
-    brow(
-        "`top(query, 100)`, rows filter allows 10 %",
-        lambda r: fmt_ms(r["search"]["top100_filter_0.1"]),
-    )
-    brow("`scores(query)` (every chunk)", lambda r: fmt_ms(r["search"]["scores"]))
+    lines.append("")
+    table(lines, results["terms"], [
+        ("text (characters)", lambda r: f"{r['build']['chars'] / 1e6:.0f} M"),
+        ("terms / (term, chunk) pairs", lambda r: (
+            f"{r['build']['terms']:,} / {r['build']['nnz'] / 1e6:.1f} M")),
+        ("build s (CPU s)", lambda r: (
+            f"{r['build']['build_s']:.1f} ({r['build']['build_cpu_s']:.1f})")),
+        ("peak RSS of the build, MB (above the texts)", lambda r: (
+            f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})")),
+        ("build s (CPU s), main at 38360c9", lambda r: (
+            f"{r['old']['build_s']:.1f} ({r['old']['build_cpu_s']:.1f})"
+            if "old" in r else "not run")),
+        ("peak RSS MB, main at 38360c9 (above the texts)", lambda r: (
+            f"{r['old']['peak_mb']:.0f} ({r['old']['peak_above_texts_mb']:.0f})"
+            if "old" in r else "not run")),
+        ("bytes on disk", lambda r: f"{r['build']['bytes'] / 1e6:.0f} MB"),
+        ("load (memory-mapped) ms", lambda r: f"{r['search']['load_s'] * 1000:.0f}"),
+        ("RSS after searches, anon + file MB", lambda r: (
+            f"{r['search']['rss_after_search_mb']['RssAnon']:.0f} + "
+            f"{r['search']['rss_after_search_mb']['RssFile']:.0f}")),
+        ("`scores(query)`", lambda r: fmt_ms(r["search"]["scores"])),
+        ("`scores(query)` + top 100", lambda r: fmt_ms(r["search"]["top100"])),
+    ])  # fmt: skip
+    if results.get("bm25"):
+        lines += ["", "### BM25: `qa.lexical.BM25Index` (bm25s's precomputed scores)", ""]
+        table(lines, results["bm25"], [
+            ("build s", lambda r: f"{r['build']['build_s']:.1f}"),
+            ("peak RSS of the build, MB (above the texts)", lambda r: (
+                f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})")),
+            ("build s, main at d764e7d", lambda r: (
+                f"{r['old']['build_s']:.1f}" if "old" in r else "not run")),
+            ("peak RSS MB, main at d764e7d (above the texts)", lambda r: (
+                f"{r['old']['peak_mb']:.0f} ({r['old']['peak_above_texts_mb']:.0f})"
+                if "old" in r else "not run")),
+            ("bytes on disk", lambda r: f"{r['build']['bytes'] / 1e6:.0f} MB"),
+            ("load (memory-mapped) ms", lambda r: f"{r['search']['load_s'] * 1000:.0f}"),
+            ("`top(query, 100)`", lambda r: fmt_ms(r["search"]["top100"])),
+            ("`scores(query)`", lambda r: fmt_ms(r["search"]["scores"])),
+        ])  # fmt: skip
     lines += ["", END]
     return "\n".join(lines) + "\n"
 
@@ -436,9 +533,11 @@ def write(doc: Path, section: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--sweep", type=int, nargs="+", default=[10_000, 25_000, 50_000, 100_000])
+    parser.add_argument("--sweep", type=int, nargs="*", default=[10_000, 25_000, 50_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--old-bm25", type=int, nargs="*", default=[100_000])
+    parser.add_argument("--old", type=int, nargs="*", default=[100_000])
+    parser.add_argument("--bm25index", type=int, nargs="*", default=[])
+    parser.add_argument("--merge", type=Path, help="start from an earlier run's scale.json")
     parser.add_argument("--write", type=Path)
     parser.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -450,38 +549,51 @@ def main() -> None:
             result = part_dense_build(int(rest[0]), Path(rest[1]), int(rest[2]))
         elif name == "dense-search":
             result = part_dense_search(int(rest[0]), Path(rest[1]), int(rest[2]), rest[3])
+        elif name == "terms-build":
+            result = part_terms_build(int(rest[0]), Path(rest[1]), rest[2] == "old")
+        elif name == "terms-search":
+            result = part_terms_search(int(rest[0]), Path(rest[1]), int(rest[2]))
         elif name == "bm25-build":
             result = part_bm25_build(int(rest[0]), Path(rest[1]), rest[2] == "old")
         else:
             result = part_bm25_search(int(rest[0]), Path(rest[1]), int(rest[2]))
         print(json.dumps(result))
         return
-    results: dict[str, Any] = {
-        "machine": f"{os.cpu_count()} cores, shared; {platform_line()}",
-        "dense": {},
-        "bm25": {},
-    }
-    print("exact/approximate sweep", file=sys.stderr)
-    results["sweep"] = run_part("sweep", str(min(args.queries, 100)), *map(str, args.sweep))
+    results: dict[str, Any] = {"sweep": {}, "dense": {}, "terms": {}, "bm25": {}}
+    if args.merge:
+        results.update(json.loads(args.merge.read_text()))
+    results["machine"] = f"{os.cpu_count()} cores, shared; {platform_line()}"
+    q = str(args.queries)
+    if args.sweep:
+        print("exact/approximate sweep", file=sys.stderr)
+        results["sweep"] = run_part("sweep", str(min(args.queries, 100)), *map(str, args.sweep))
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
             work = Path(tmp)
             print(f"dense {n:,}", file=sys.stderr)
-            build = run_part("dense-build", str(n), str(work), str(args.queries))
-            q = str(args.queries)
-            results["dense"][n] = {
+            build = run_part("dense-build", str(n), str(work), q)
+            results["dense"][str(n)] = {
                 "build": build,
                 "ann": run_part("dense-search", str(n), str(work), q, "ann"),
                 "flat": run_part("dense-search", str(n), str(work), q, "flat"),
             }
         with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
             work = Path(tmp)
-            print(f"bm25 {n:,}", file=sys.stderr)
-            entry = {"build": run_part("bm25-build", str(n), str(work), "new")}
-            entry["search"] = run_part("bm25-search", str(n), str(work), str(args.queries))
-            if n in args.old_bm25:
-                entry["old"] = run_part("bm25-build", str(n), str(work), "old")
-            results["bm25"][n] = entry
+            print(f"bm25 term counts {n:,}", file=sys.stderr)
+            entry = {"build": run_part("terms-build", str(n), str(work), "new")}
+            entry["search"] = run_part("terms-search", str(n), str(work), q)
+            if n in args.old:
+                entry["old"] = run_part("terms-build", str(n), str(work), "old")
+            results["terms"][str(n)] = entry
+        if n in args.bm25index:
+            with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
+                work = Path(tmp)
+                print(f"bm25s index {n:,}", file=sys.stderr)
+                entry = {"build": run_part("bm25-build", str(n), str(work), "new")}
+                entry["search"] = run_part("bm25-search", str(n), str(work), q)
+                if n in args.old:
+                    entry["old"] = run_part("bm25-build", str(n), str(work), "old")
+                results["bm25"][str(n)] = entry
         print(json.dumps(results, indent=1, default=str), file=sys.stderr)
     section = report(results)
     print(section)
