@@ -537,6 +537,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--old", type=int, nargs="*", default=[100_000])
     parser.add_argument("--bm25index", type=int, nargs="*", default=[])
+    parser.add_argument("--what", nargs="+", default=["dense", "terms"], choices=["dense", "terms"])
     parser.add_argument("--merge", type=Path, help="start from an earlier run's scale.json")
     parser.add_argument("--write", type=Path)
     parser.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
@@ -568,23 +569,25 @@ def main() -> None:
         print("exact/approximate sweep", file=sys.stderr)
         results["sweep"] = run_part("sweep", str(min(args.queries, 100)), *map(str, args.sweep))
     for n in args.sizes:
-        with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
-            work = Path(tmp)
-            print(f"dense {n:,}", file=sys.stderr)
-            build = run_part("dense-build", str(n), str(work), q)
-            results["dense"][str(n)] = {
-                "build": build,
-                "ann": run_part("dense-search", str(n), str(work), q, "ann"),
-                "flat": run_part("dense-search", str(n), str(work), q, "flat"),
-            }
-        with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
-            work = Path(tmp)
-            print(f"bm25 term counts {n:,}", file=sys.stderr)
-            entry = {"build": run_part("terms-build", str(n), str(work), "new")}
-            entry["search"] = run_part("terms-search", str(n), str(work), q)
-            if n in args.old:
-                entry["old"] = run_part("terms-build", str(n), str(work), "old")
-            results["terms"][str(n)] = entry
+        if "dense" in args.what:
+            with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
+                work = Path(tmp)
+                print(f"dense {n:,}", file=sys.stderr)
+                build = run_part("dense-build", str(n), str(work), q)
+                results["dense"][str(n)] = {
+                    "build": build,
+                    "ann": run_part("dense-search", str(n), str(work), q, "ann"),
+                    "flat": run_part("dense-search", str(n), str(work), q, "flat"),
+                }
+        if "terms" in args.what:
+            with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
+                work = Path(tmp)
+                print(f"bm25 term counts {n:,}", file=sys.stderr)
+                entry = {"build": run_part("terms-build", str(n), str(work), "new")}
+                entry["search"] = run_part("terms-search", str(n), str(work), q)
+                if n in args.old:
+                    entry["old"] = run_part("terms-build", str(n), str(work), "old")
+                results["terms"][str(n)] = entry
         if n in args.bm25index:
             with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
                 work = Path(tmp)
