@@ -54,7 +54,7 @@ class AnnConfig:
     exact. ``target_recall``: recall@10 against exact search that calibration reaches.
     """
 
-    min_chunks: int = 50_000
+    min_chunks: int = 20_000
     target_recall: float = 0.95
 
     def __post_init__(self) -> None:

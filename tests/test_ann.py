@@ -167,3 +167,11 @@ def test_empty_index_and_zero_k() -> None:
     index = ann.build(xb, np.arange(5))
     assert len(ann.search(index, xb[0], 0)[0]) == 0
     assert len(ann.search(index, xb[0], 50)[0]) == 5
+
+
+def test_config_from_settings() -> None:
+    from qa.settings import Settings
+
+    config = ann.AnnConfig.from_settings(Settings(ann_min_chunks=7, ann_target_recall=0.9))
+    assert (config.min_chunks, config.target_recall) == (7, 0.9)
+    assert ann.AnnConfig.from_settings(Settings()) == ann.AnnConfig()
