@@ -532,7 +532,7 @@ def write(doc: Path, section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--sweep", type=int, nargs="*", default=[10_000, 25_000, 50_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--old", type=int, nargs="*", default=[100_000])
