@@ -5,8 +5,8 @@ The FAISS index type follows the number of vectors (measured in docs/performance
 
 - below ``QA_ANN_MIN_CHUNKS`` vectors: exact search over float16 vectors
   (``IndexIDMap2(IndexScalarQuantizer(QT_fp16))``): the same ranking as float32 up to
-  rounding (scores differ by < 1e-3), half the bytes, and 3-4x faster than ``IndexFlatIP``
-  for one question at a time on this machine;
+  rounding (scores differ by < 1e-3), half the bytes, and 1.2-2.7x faster than
+  ``IndexFlatIP`` for one question at a time on this machine;
 - from ``QA_ANN_MIN_CHUNKS`` up: an inverted file over 8-bit scalar-quantized vectors
   (``IndexIVFScalarQuantizer``, ``QT_8bit``, about ``sqrt(n)`` lists, 1 byte a dimension).
   How many lists a search visits (``nprobe``) is calibrated at build time on the vectors
@@ -21,7 +21,8 @@ contiguous), search by inner product (cosine on normalised vectors), accept a fi
 set of allowed ids (a FAISS ``IDSelectorBatch`` passed in ``SearchParameters``), and are
 read back memory-mapped (``IO_FLAG_MMAP_IFC``): the codes stay in the page cache, shared
 by every process that serves the same file, and loading costs milliseconds. An index
-read this way is read-only; an update writes a new file.
+read this way is read-only: adding to it or removing from it fails a FAISS assertion,
+which aborts the process, so an update writes a new file and maps that.
 """
 
 from __future__ import annotations
