@@ -1,11 +1,12 @@
-"""BM25 over chunk texts with bm25s (English stopwords, Snowball stemming).
+"""BM25 tokens and term counts of chunk texts (English stopwords, Snowball stemming, as bm25s).
 
-The index is bm25s's: a CSC matrix of precomputed BM25 (Lucene) scores, one column a term,
-saved as ``.npy`` files with ``params.index.json`` and ``vocab.index.json`` and read back
-memory-mapped. It is built here in batches of token-id arrays rather than through
-``bm25s.BM25.index``, which wants every document as a Python list of token strings (3.8 GB
-and 147 s at 1M chunks; ``python -m bench.scale``); the tokens and the scores are the same
-(tests/test_lexical.py compares them with bm25s's own path).
+:func:`tokenize` gives one text's terms (queries, tests); :func:`term_counts` counts the
+terms of many texts in batches of token ids, without a Python object per token, for the
+index's ``TermCounts`` (qa.index.terms). ``BM25Index`` is bm25s's eager index (a CSC matrix
+of precomputed BM25 scores, ``.npy`` + JSON, read back memory-mapped) built from the same
+counts instead of through ``bm25s.BM25.index``, which wants every document as a Python list
+of token strings (3.8 GB and 147 s at 1M chunks); tokens and scores are bm25s's
+(tests/test_lexical.py). Figures: ``python -m bench.scale``, docs/performance.md.
 """
 
 from __future__ import annotations
