@@ -415,7 +415,7 @@ def table(
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [BEGIN, "## One machine at scale: dense and BM25 indexes", ""]
+    lines = [BEGIN, "### Output of `python -m bench.scale`", ""]
     lines.append(
         "`python -m bench.scale` (synthetic chunks, real code paths: `qa/ann.py`, "
         "`qa/lexical.py`; how the data is made is in the script's docstring). "
@@ -423,7 +423,7 @@ def report(results: dict[str, Any]) -> str:
         "thread; memory is RSS of a fresh process (anonymous + file-backed: file pages are "
         "memory-mapped index files, shared by every process serving them)."
     )
-    lines += ["", "### Exact or approximate, by size (`QA_ANN_MIN_CHUNKS`)", ""]
+    lines += ["", "#### Exact or approximate, by size (`QA_ANN_MIN_CHUNKS`)", ""]
     lines.append(
         "| vectors | exact float32 (today) | exact float16 | IVF-SQ8 | IVF lists / nprobe "
         "| IVF recall@10 | IVF build s |"
@@ -436,7 +436,7 @@ def report(results: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append("(p50 ms of a k=100 search; IVF nprobe calibrated at build for recall@10 0.95.)")
-    lines += ["", "### Dense index", ""]
+    lines += ["", "#### Dense index", ""]
     dense = [results["dense"][n] for n in sorted(results["dense"], key=int)]
     lines.append(
         "| | " + " | ".join(f"{int(n):,} chunks" for n in sorted(results["dense"], key=int)) + " |"
@@ -470,7 +470,7 @@ def report(results: dict[str, Any]) -> str:
     row("RSS after searches, exact float32, anon + file MB", lambda r: (
         f"{r['flat']['rss_after_search_mb']['RssAnon']:.0f} + "
         f"{r['flat']['rss_after_search_mb']['RssFile']:.0f}"))  # fmt: skip
-    lines += ["", "### BM25: the index's term counts (`qa.index.terms`)", ""]
+    lines += ["", "#### BM25: the index's term counts (`qa.index.terms`)", ""]
     lines.append(
         "What a segment stores for BM25 (`TermCounts`: term frequencies by term, chunk "
         "lengths) and how a query is scored over it (`SegmentedBM25.scores`, then the 100 "
@@ -500,7 +500,7 @@ def report(results: dict[str, Any]) -> str:
         ("`scores(query)` + top 100", lambda r: fmt_ms(r["search"]["top100"])),
     ])  # fmt: skip
     if results.get("bm25"):
-        lines += ["", "### BM25: `qa.lexical.BM25Index` (bm25s's precomputed scores)", ""]
+        lines += ["", "#### BM25: `qa.lexical.BM25Index` (bm25s's precomputed scores)", ""]
         table(lines, results["bm25"], [
             ("build s", lambda r: f"{r['build']['build_s']:.1f}"),
             ("peak RSS of the build, MB (above the texts)", lambda r: (
