@@ -1,45 +1,236 @@
-"""BM25 over chunk texts with bm25s (English stopwords, Snowball stemming)."""
+"""BM25 tokens and term counts of chunk texts (English stopwords, Snowball stemming, as bm25s).
+
+:func:`tokenize` gives one text's terms (queries, tests); :func:`term_counts` counts the
+terms of many texts in batches of token ids, without a Python object per token, for the
+index's ``TermCounts`` (qa.index.terms). ``BM25Index`` is bm25s's eager index (a CSC matrix
+of precomputed BM25 scores, ``.npy`` + JSON, read back memory-mapped) built from the same
+counts instead of through ``bm25s.BM25.index``, which wants every document as a Python list
+of token strings (3.8 GB and 147 s at 1M chunks); tokens and scores are bm25s's
+(tests/test_lexical.py). Figures: ``python -m bench.scale``, docs/performance.md.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Sequence
+from itertools import chain, repeat
 from pathlib import Path
 
 import bm25s
 import numpy as np
+import scipy.sparse as sp
 import Stemmer
+from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
+from bm25s.stopwords import STOPWORDS_EN
 
 from qa.normalize import search_form
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _STEMMER = Stemmer.Stemmer("english")
+_STOPWORDS = frozenset(STOPWORDS_EN)
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s's token pattern
 # Identifiers with a number in them (libcurl3-gnutls, python3.11, 7.88.1, ERR-4012) are also
 # kept whole: split and stemmed they match every package with a shared part (measured on
 # eval/keywords: BM25 0.845 -> 0.857, hybrid 0.909 -> 0.933; no loss on the other sets).
+# They always hold one of - . + : / and words never do, so the two kinds cannot collide.
 _COMPOUND = re.compile(r"\b\w+(?:[-.+:/]\w+)+")
+# A group: word-character runs joined by single separators. Every run of a text lies in
+# one group, and the groups with a separator are exactly the _COMPOUND matches; so one
+# pass over an ASCII text finds both the words (the runs of 2+ characters) and the
+# identifiers, and each distinct group is split, stemmed and looked up once.
+_GROUP = re.compile(r"\w++(?:[-.+:/]\w++)*")
+_SEPARATOR = re.compile(r"[-.+:/]")
+_COMPOUND_KEY = "\x00"  # marks a whole identifier found by the non-ASCII path
+_BATCH = 8192  # texts tokenized at a time while building
+
+
+def _keys(text: str) -> list[str]:
+    """The groups of ``text`` (lower-cased), each to be expanded by :func:`_key_terms`."""
+    text = search_form(text)  # ligatures, full-width forms, NBSP, ZWSP
+    lowered = text.lower()
+    if text.isascii():  # lower() keeps every character's class and the length
+        return _GROUP.findall(lowered)
+    # elsewhere lower-casing may change what is a word character (İ -> i + U+0307):
+    # words from the lower-cased text, identifiers from the text, as bm25s and before
+    keys = _WORD.findall(lowered)
+    keys.extend(
+        _COMPOUND_KEY + c.lower() for c in _COMPOUND.findall(text) if any(ch.isdigit() for ch in c)
+    )
+    return keys
+
+
+def _key_terms(key: str) -> tuple[str, ...]:
+    """Index terms of one :func:`_keys` item: its words of 2+ characters that are not
+    stopwords, stemmed, and the whole group when it is a numbered identifier."""
+    if key.startswith(_COMPOUND_KEY):
+        return (key[1:],)
+    parts = _SEPARATOR.split(key)
+    terms = [str(_STEMMER.stemWord(p)) for p in parts if len(p) >= 2 and p not in _STOPWORDS]
+    if len(parts) > 1 and any(ch.isdigit() for ch in key):
+        terms.append(key)
+    return tuple(terms)
 
 
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """bm25s tokens (English stopwords, Snowball stems) plus whole numbered identifiers."""
-    texts = [search_form(t) for t in texts]  # ligatures, full-width forms, NBSP, ZWSP
-    tokens = bm25s.tokenize(
-        list(texts),
-        stopwords="en",
-        stemmer=_STEMMER,
-        return_ids=False,
-        show_progress=False,
-    )
-    out = [list(t) for t in tokens]
-    for terms, text in zip(out, texts, strict=True):
-        terms.extend(
-            m.group(0).lower()
-            for m in _COMPOUND.finditer(text)
-            if any(ch.isdigit() for ch in m.group(0))
+    return [[t for key in _keys(text) for t in _key_terms(key)] for text in texts]
+
+
+class _Terms:
+    """Term columns while building: each distinct group is split and stemmed once."""
+
+    _SENTINEL = "\u03c9"  # joins a batch's ASCII texts: a word character no ASCII text holds
+    _NEXT, _MISSING = -3, -4
+
+    def __init__(self) -> None:
+        self.columns: dict[str, int] = {}  # term -> column
+        # group -> its one term's column, -1 for none, -5 - i for several (self._several[i])
+        self._code: dict[str, int] = {self._SENTINEL: self._NEXT}
+        self._several: list[tuple[int, ...]] = []
+
+    def _add(self, key: str) -> None:
+        terms = tuple(self.columns.setdefault(t, len(self.columns)) for t in _key_terms(key))
+        if len(terms) <= 1:
+            code = terms[0] if terms else -1
+        else:
+            code = -5 - len(self._several)
+            self._several.append(terms)
+        self._code[key] = code
+
+    def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(text int32, column int32) of every term of ``texts``, one pair a term.
+
+        ASCII texts (most) are lower-cased and split in one regex pass over the batch
+        joined by a sentinel group; the others one at a time, as :func:`_keys` does."""
+        plain: list[str] = []
+        plain_rows: list[int] = []
+        owners: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        for row, text in enumerate(texts):
+            form = text if text.isascii() else search_form(text)
+            if form.isascii():
+                plain.append(form)
+                plain_rows.append(row)
+                continue
+            columns = [c for key in _keys(form) for c in self._columns_of(key)]
+            owners.append(np.full(len(columns), row, dtype=np.int32))
+            cols.append(np.asarray(columns, dtype=np.int32))
+        keys = _GROUP.findall(f" {self._SENTINEL} ".join(plain).lower())
+        codes = np.fromiter(map(self._code.get, keys, repeat(self._MISSING)), np.int32, len(keys))
+        missing = np.flatnonzero(codes == self._MISSING).tolist()
+        if missing:
+            for key in set(map(keys.__getitem__, missing)):
+                self._add(key)
+            found = map(self._code.__getitem__, map(keys.__getitem__, missing))
+            codes[missing] = np.fromiter(found, np.int32, len(missing))
+        owner = np.asarray(plain_rows, dtype=np.int32)[np.cumsum(codes == self._NEXT)]
+        one = codes >= 0
+        owners.append(owner[one])
+        cols.append(codes[one])
+        several = np.flatnonzero(codes <= -5)
+        if len(several):  # identifiers and hyphenated words: each part and the whole
+            lists = [self._several[i] for i in range(len(self._several))]
+            sizes = np.fromiter(map(len, lists), np.int64, len(lists))
+            flat = np.fromiter(chain.from_iterable(lists), np.int32, int(sizes.sum()))
+            which = -5 - codes[several]
+            size = sizes[which]
+            first = (np.cumsum(sizes) - sizes)[which]
+            owners.append(np.repeat(owner[several], size))
+            at = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+            cols.append(flat[np.repeat(first, size) + at])
+        return np.concatenate(owners), np.concatenate(cols)
+
+    def _columns_of(self, key: str) -> tuple[int, ...]:
+        code = self._code.get(key)
+        if code is None or code == self._NEXT:
+            return tuple(self.columns.setdefault(t, len(self.columns)) for t in _key_terms(key))
+        if code >= 0:
+            return (code,)
+        return () if code == -1 else self._several[-5 - code]
+
+
+def _term_rows(
+    texts: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Term frequencies of ``texts`` as a (chunks x terms) CSR matrix: (counts float32,
+    columns int32, indptr), each chunk's number of terms (int64) and the term -> column map.
+    Tokens are counted a batch at a time, so the only full-size arrays are the matrix's."""
+    terms = _Terms()
+    blocks: list[sp.csr_matrix] = []
+    lengths: list[np.ndarray] = []
+    for start in range(0, len(texts), _BATCH):
+        batch = texts[start : start + _BATCH]
+        owner, columns = terms.batch(batch)
+        counts = sp.csr_matrix(
+            (np.ones(len(columns), dtype=np.float32), (owner, columns)),
+            shape=(len(batch), len(terms.columns)),
         )
-    return out
+        counts.sum_duplicates()  # term frequencies, one entry per (chunk, term)
+        blocks.append(counts)
+        lengths.append(np.bincount(owner, minlength=len(batch)))
+    n = len(texts)
+    nnz = sum(block.nnz for block in blocks)
+    data = np.empty(nnz, dtype=np.float32)
+    index_type = np.int32 if nnz < 2**31 else np.int64  # scipy widens mixed index types
+    indices = np.empty(nnz, dtype=index_type)
+    indptr = np.zeros(n + 1, dtype=index_type)
+    at = row = 0
+    while blocks:  # concatenate, freeing each block once copied
+        block = blocks.pop(0)
+        data[at : at + block.nnz] = block.data
+        indices[at : at + block.nnz] = block.indices
+        indptr[row + 1 : row + 1 + block.shape[0]] = block.indptr[1:] + at
+        at, row = at + block.nnz, row + block.shape[0]
+    doc_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return data, indices, indptr, doc_len, terms.columns
+
+
+def term_counts(
+    texts: Sequence[str],
+) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Term frequencies of ``texts`` (tokens as :func:`tokenize`), by term: (term -> id,
+    indptr int64 (terms + 1,), rows int32 and counts float32 (one per (term, chunk) pair,
+    rows ascending within a term), lengths float32 (chunks,): terms a chunk).
+
+    For term id t, ``rows[indptr[t]:indptr[t+1]]`` are the chunks holding it. Built in
+    batches of token ids (no per-token Python objects kept): 1M chunks in
+    docs/performance.md."""
+    data, indices, indptr, doc_len, vocab = _term_rows(texts)
+    csc = sp.csr_matrix((data, indices, indptr), shape=(len(texts), len(vocab))).tocsc()
+    del data, indices, indptr
+    return (
+        vocab,
+        csc.indptr.astype(np.int64),
+        csc.indices.astype(np.int32, copy=False),
+        csc.data.astype(np.float32, copy=False),
+        doc_len.astype(np.float32),
+    )
+
+
+def _score_matrix(
+    texts: Sequence[str], k1: float, b: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """bm25s's eager index of ``texts``: (data float32, indices int32, indptr) of the
+    (chunks x terms) CSC matrix of BM25 scores (Lucene variant, bm25s's formulas), and the
+    term -> column map."""
+    data, indices, indptr, doc_len, vocab = _term_rows(texts)
+    n, width, nnz = len(texts), len(vocab), len(data)
+    idf_of = _select_idf_scorer("lucene")
+    df = np.bincount(indices, minlength=width)
+    idf = np.fromiter((idf_of(int(d), N=n) for d in df), np.float32, width)
+    tfc = _select_tfc_scorer("lucene")
+    avg_len = float(doc_len.mean()) if n else 0.0
+    step = 1 << 22
+    row_of = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
+    for lo in range(0, nnz, step):  # scores in slices: no nnz-sized temporaries
+        part = slice(lo, lo + step)
+        l_d = doc_len[row_of[part]]
+        data[part] = idf[indices[part]] * tfc(data[part], l_d=l_d, l_avg=avg_len, k1=k1, b=b)
+    del row_of
+    csc = sp.csr_matrix((data, indices, indptr), shape=(n, width)).tocsc()
+    return csc.data.astype(np.float32, copy=False), csc.indices, csc.indptr, vocab
 
 
 class BM25Index:
@@ -53,35 +244,80 @@ class BM25Index:
 
     @classmethod
     def build(cls, texts: Sequence[str]) -> BM25Index:
+        """Index ``texts`` (one a chunk, in chunk order). Tokens as :func:`tokenize`, scores
+        as ``bm25s.BM25().index`` (k1 1.5, b 0.75, Lucene)."""
         retriever = bm25s.BM25()
-        tokens = tokenize(texts) if texts else []
-        # bm25s cannot index an empty corpus or empty documents' vocabulary; keep shapes
-        if texts and any(tokens):
-            retriever.index(tokens, show_progress=False)
+        if texts:
+            data, indices, indptr, vocab = _score_matrix(texts, retriever.k1, retriever.b)
+            # bm25s cannot index an empty corpus or empty documents' vocabulary; keep shapes
+            if len(data):
+                vocab[""] = len(vocab)  # what bm25s.BM25.index adds (create_empty_token)
+                retriever.scores = {
+                    "data": data,
+                    "indices": indices,
+                    "indptr": indptr,
+                    "num_docs": len(texts),
+                }
+                retriever.vocab_dict = vocab
+                retriever.nonoccurrence_array = None
+                retriever.unique_token_ids_set = set(vocab.values())
         return cls(retriever, len(texts))
 
-    def scores(self, query: str) -> np.ndarray:
-        """BM25 score of every chunk for ``query`` (zeros when no term is known)."""
+    def _term_ids(self, query: str) -> np.ndarray:
         if self.size == 0 or not hasattr(self._retriever, "vocab_dict"):
-            return np.zeros(self.size, dtype=np.float32)
+            return np.zeros(0, dtype=np.int64)
         terms = tokenize([query])[0]
-        ids = self._retriever.get_tokens_ids(terms)
-        if not ids:
+        return np.asarray(self._retriever.get_tokens_ids(terms), dtype=np.int64)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every chunk for ``query``, float32 (size,) (zeros when no term is
+        known). The sum of the query terms' columns, as ``bm25s.BM25.get_scores``."""
+        ids = self._term_ids(query)
+        if len(ids) == 0:
             return np.zeros(self.size, dtype=np.float32)
-        return np.asarray(self._retriever.get_scores_from_ids(ids), dtype=np.float32)
+        matrix = self._retriever.scores
+        indptr, indices, data = matrix["indptr"], matrix["indices"], matrix["data"]
+        rows = np.concatenate([indices[indptr[t] : indptr[t + 1]] for t in ids])
+        values = np.concatenate([data[indptr[t] : indptr[t + 1]] for t in ids])
+        return np.bincount(rows, weights=values, minlength=self.size).astype(np.float32)
+
+    def top(
+        self, query: str, k: int, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64, scores float32) of the ``k`` best-scoring chunks holding a query
+        term, best first (ties: lower row first); with ``rows``, only among those rows."""
+        scores = self.scores(query)
+        if rows is not None:
+            allowed = np.zeros(self.size, dtype=bool)
+            allowed[np.asarray(rows, dtype=np.int64)] = True
+            scores[~allowed] = 0.0
+        found = np.flatnonzero(scores > 0)
+        if k <= 0 or len(found) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if len(found) > k:  # the k best; of those tied with the k-th, the lowest rows
+            values = scores[found]
+            kth = np.partition(values, len(values) - k)[len(values) - k]
+            above, tied = found[values > kth], found[values == kth]
+            found = np.concatenate([above, tied[: k - len(above)]])
+        order = np.lexsort((found, -scores[found]))
+        best = found[order].astype(np.int64)
+        return best, scores[best]
 
     def save(self, path: Path) -> None:
+        """Write bm25s's files (``.npy`` arrays and JSON, no pickle) under ``path/bm25``."""
         target = path / self.DIR_NAME
         target.mkdir(parents=True, exist_ok=True)
         if hasattr(self._retriever, "vocab_dict"):
             self._retriever.save(str(target), show_progress=False)
 
     @classmethod
-    def load(cls, path: Path, size: int) -> BM25Index:
+    def load(cls, path: Path, size: int, *, mmap: bool = True) -> BM25Index:
+        """Read the index under ``path/bm25``; with ``mmap`` the score arrays stay in the
+        files (``np.load(mmap_mode="r")``), shared by every process serving them."""
         target = path / cls.DIR_NAME
         if size == 0 or not (target / "params.index.json").exists():
             return cls(bm25s.BM25(), size)
-        retriever = bm25s.BM25.load(str(target), mmap=False, allow_pickle=False)
+        retriever = bm25s.BM25.load(str(target), mmap=mmap, allow_pickle=False)
         return cls(retriever, size)
 
 

@@ -15,14 +15,13 @@ tf / (tf + k1 * (1 - b + b * dl / avgdl)), k1 = 1.5, b = 0.75).
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from qa.lexical import tokenize
+from qa.lexical import term_counts, tokenize
 
 K1 = 1.5
 B = 0.75
@@ -43,22 +42,9 @@ class TermCounts:
 
     @classmethod
     def build(cls, texts: Sequence[str]) -> TermCounts:
-        vocab: dict[str, int] = {}
-        postings: list[list[tuple[int, int]]] = []
-        lengths = np.zeros(len(texts), dtype=np.float32)
-        for row, terms in enumerate(tokenize(texts) if texts else []):
-            lengths[row] = len(terms)
-            for term, count in Counter(terms).items():
-                tid = vocab.setdefault(term, len(vocab))
-                if tid == len(postings):
-                    postings.append([])
-                postings[tid].append((row, count))
-        sizes = np.fromiter((len(p) for p in postings), dtype=np.int64, count=len(postings))
-        indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        flat = [pair for p in postings for pair in p]
-        rows = np.fromiter((r for r, _ in flat), dtype=np.int32, count=len(flat))
-        counts = np.fromiter((c for _, c in flat), dtype=np.float32, count=len(flat))
-        return cls(vocab, indptr, rows, counts, lengths)
+        """Counted in batches of token ids (qa.lexical.term_counts): 1M chunks in well
+        under the time and memory of a Python Counter a chunk (docs/performance.md)."""
+        return cls(*term_counts(texts))
 
     def save(self, path: Path) -> None:
         terms = sorted(self.vocab, key=self.vocab.__getitem__)
@@ -74,12 +60,13 @@ class TermCounts:
     @classmethod
     def load(cls, path: Path) -> TermCounts:
         terms = json.loads((path / "terms.json").read_text("utf-8"))
+        # memory-mapped: the pages are the files', shared by every process serving them
         return cls(
             {t: i for i, t in enumerate(terms)},
-            np.load(path / "tf_indptr.npy", allow_pickle=False),
-            np.load(path / "tf_rows.npy", allow_pickle=False),
-            np.load(path / "tf_counts.npy", allow_pickle=False),
-            np.load(path / "lengths.npy", allow_pickle=False),
+            np.load(path / "tf_indptr.npy", allow_pickle=False, mmap_mode="r"),
+            np.load(path / "tf_rows.npy", allow_pickle=False, mmap_mode="r"),
+            np.load(path / "tf_counts.npy", allow_pickle=False, mmap_mode="r"),
+            np.load(path / "lengths.npy", allow_pickle=False, mmap_mode="r"),
         )
 
     def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,616 @@
+"""One machine at scale: dense (FAISS) and BM25 indexes of synthetic chunks at 100k and 1M.
+
+    .venv/bin/python -m bench.scale [--sizes 100000 1000000] [--queries 200]
+                                    [--old-bm25 100000] [--write docs/performance.md]
+
+Embedding a million chunks takes hours here, so the chunks are synthetic, made by the
+real code paths' inputs:
+
+- vectors: 384-dimensional unit vectors (all-MiniLM-L6-v2's size) drawn from one
+  anisotropic distribution, ``normalise(z @ B + e)``: ``z`` 64 Gaussian factors with
+  scales ``i ** -0.5``, ``B`` a random orthonormal 64 x 384 basis, ``e`` isotropic noise;
+  queries are fresh draws from the same distribution (never indexed vectors).
+- texts: 60-160 words drawn by frequency from the words of msmarco-5k's passages, with
+  2 % rare made-up words (so the vocabulary grows with the corpus, as real text does) and
+  a numbered identifier (``v3.12.7``, ``ERR-4012``) in one text of five.
+
+Every figure is measured in a fresh process (``--part``), so resident memory (RSS from
+``/proc/self/status``; ``RssFile`` is pages of memory-mapped files, shared between
+processes) and peak memory (``ru_maxrss``) belong to that step alone. Latencies are
+medians and 95th percentiles of one query at a time on one thread, after 10 warm-up
+queries; builds are timed once (a 1M build is minutes on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MSMARCO = ROOT.parent / "shared" / "benchmarks" / "msmarco-5k" / "corpus.jsonl"
+DIM = 384
+BEGIN, END = "<!-- bench.scale: begin -->", "<!-- bench.scale: end -->"
+
+
+# --- synthetic data ------------------------------------------------------------------------
+def make_vectors(n: int, seed: int) -> np.ndarray:
+    """(n, 384) float32 unit vectors, anisotropic (see the module docstring)."""
+    basis_rng = np.random.default_rng(12345)  # one distribution for every seed
+    basis, _ = np.linalg.qr(basis_rng.standard_normal((DIM, 64)))
+    scales = (np.arange(1, 65) ** -0.5).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, DIM), dtype=np.float32)
+    for lo in range(0, n, 65_536):
+        m = min(65_536, n - lo)
+        z = rng.standard_normal((m, 64), dtype=np.float32) * scales
+        x = z @ basis.T.astype(np.float32)
+        x += rng.standard_normal((m, DIM), dtype=np.float32) * (0.35 / np.sqrt(DIM))
+        out[lo : lo + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def make_ids(n: int, seed: int = 3) -> np.ndarray:
+    """Distinct non-contiguous int64 ids, as content hashes are."""
+    ids = np.unique(np.random.default_rng(seed).integers(0, 2**62, int(n * 1.01) + 100))
+    return np.random.default_rng(seed + 1).permutation(ids)[:n].astype(np.int64)
+
+
+def vocabulary() -> tuple[np.ndarray, np.ndarray]:
+    """(words, probabilities) of msmarco-5k's passages, most frequent first."""
+    counts: Counter[str] = Counter()
+    with MSMARCO.open(encoding="utf-8") as fh:
+        for line in fh:
+            counts.update(re.findall(r"[A-Za-z]+(?:'[a-z]+)?", json.loads(line)["text"]))
+    words, freq = zip(*counts.most_common(), strict=True)
+    p = np.asarray(freq, dtype=np.float64)
+    return np.asarray(words, dtype=object), p / p.sum()
+
+
+def make_texts(n: int, seed: int = 11) -> list[str]:
+    words, p = vocabulary()
+    rng = np.random.default_rng(seed)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+    rare = [
+        bytes(letters[rng.integers(0, 26, rng.integers(5, 10))]).decode() for _ in range(200_000)
+    ]
+    rare_words = np.asarray(rare, dtype=object)
+    out: list[str] = []
+    for lo in range(0, n, 10_000):
+        m = min(10_000, n - lo)
+        lengths = rng.integers(60, 161, m)
+        picks = words[rng.choice(len(words), int(lengths.sum()), p=p)]
+        swap = rng.random(len(picks)) < 0.02
+        picks[swap] = rare_words[rng.integers(0, len(rare_words), int(swap.sum()))]
+        at = 0
+        for i, length in enumerate(lengths):
+            text = " ".join(picks[at : at + length])
+            at += length
+            if (lo + i) % 5 == 0:
+                code = int(rng.integers(0, 10_000))
+                text += f" v{code % 7}.{code % 13}.{code % 101} ERR-{code}."
+            out.append(text)
+    return out
+
+
+def make_queries(count: int, seed: int = 13) -> list[str]:
+    """2-6 content words (frequency ranks 50-20,000) a query."""
+    words, _ = vocabulary()
+    rng = np.random.default_rng(seed)
+    pool = words[50:20_000]
+    return [" ".join(rng.choice(pool, rng.integers(2, 7))) for _ in range(count)]
+
+
+# --- measurement helpers -------------------------------------------------------------------
+def rss_mb() -> dict[str, float]:
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def latencies(fn: Callable[[int], Any], count: int, warmup: int = 10) -> dict[str, float]:
+    for i in range(min(warmup, count)):
+        fn(i)
+    times = []
+    for i in range(count):
+        began = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - began) * 1000)
+    times.sort()
+    return {"p50": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))]}
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --- parts, each run in its own process ------------------------------------------------------
+def part_dense_build(n: int, work: Path, queries: int) -> dict[str, Any]:
+    import faiss
+
+    from qa import ann
+
+    xb, ids, xq = make_vectors(n, seed=1), make_ids(n), make_vectors(queries, seed=2)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    began = time.perf_counter()
+    _, truth_rows = faiss.knn(xq, xb, 100, metric=faiss.METRIC_INNER_PRODUCT)
+    truth_s = time.perf_counter() - began
+    np.save(work / "truth.npy", ids[truth_rows])
+    np.save(work / "queries.npy", xq)
+    np.save(work / "ids.npy", ids)
+    out: dict[str, Any] = {"n": n, "truth_s": truth_s}
+    # today's store: exact float32 (IndexIDMap2(IndexFlatIP)), written whole
+    began = time.perf_counter()
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    flat.add_with_ids(xb, ids)
+    out["flat_build_s"] = time.perf_counter() - began
+    out["flat_bytes"] = ann.save(flat, work / "flat.faiss")
+    del flat
+    config = ann.AnnConfig()
+    began = time.perf_counter()
+    index = ann.build(xb, ids, config)
+    out["ann_build_s"] = time.perf_counter() - began
+    out["ann_kind"] = ann.kind_of(index)
+    out["nprobe"] = ann.nprobe_of(index)
+    out["nlist"] = ann.lists_for(n) if out["ann_kind"] == ann.IVF_SQ8 else None
+    began = time.perf_counter()
+    out["ann_bytes"] = ann.save(index, work / "ann.faiss")
+    out["ann_write_s"] = time.perf_counter() - began
+    out["build_peak_mb"] = peak_mb()
+    return out
+
+
+def part_dense_search(n: int, work: Path, queries: int, which: str) -> dict[str, Any]:
+    import faiss
+
+    from qa import ann
+
+    xq = np.load(work / "queries.npy")
+    truth = np.load(work / "truth.npy")
+    ids = np.load(work / "ids.npy")
+    before = rss_mb()
+    began = time.perf_counter()
+    index = ann.load_mmap(work / f"{which}.faiss")
+    out: dict[str, Any] = {"load_s": time.perf_counter() - began}
+    after = rss_mb()
+    out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
+    faiss.omp_set_num_threads(1)
+    count = min(queries, 60) if which == "flat" and n > 200_000 else queries
+    found: list[np.ndarray] = [np.zeros(0)] * count
+    out["k100"] = latencies(lambda i: ann.search(index, xq[i], 100), count)
+
+    def top10(i: int) -> None:
+        found[i] = ann.search(index, xq[i], 10)[0]
+
+    out["k10"] = latencies(top10, count)
+    out["recall@10"] = ann.recall_at(truth[:count, :10], np.stack(found))
+    rng = np.random.default_rng(5)
+    for share in (0.1, 0.001):
+        allowed = rng.choice(ids, max(1, int(share * n)), replace=False)
+        out[f"filter_{share}"] = latencies(
+            lambda i, a=allowed: ann.search(index, xq[i], 100, ids=a), min(count, 60)
+        )
+    end = rss_mb()
+    out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
+    return out
+
+
+def part_exact_sweep(sizes: list[int], queries: int) -> dict[str, Any]:
+    """Search p50 of exact float32, exact float16 and IVF-SQ8 (calibrated) by size."""
+    import faiss
+
+    from qa import ann
+
+    xb_all, ids_all = make_vectors(max(sizes), seed=1), make_ids(max(sizes))
+    xq = make_vectors(queries, seed=2)
+    rows = {}
+    for n in sizes:
+        xb, ids = xb_all[:n], ids_all[:n]
+        flat = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+        flat.add_with_ids(xb, ids)
+        fp16 = ann.build(xb, ids, ann.AnnConfig(min_chunks=n + 1))
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        began = time.perf_counter()
+        ivf = ann.build(xb, ids, ann.AnnConfig(min_chunks=0))
+        ivf_build = time.perf_counter() - began
+        faiss.omp_set_num_threads(1)
+        _, truth_rows = faiss.knn(xq, xb, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        found = np.stack([ann.search(ivf, q, 10)[0] for q in xq])
+        rows[n] = {
+            "flat32": latencies(lambda i, f=flat: ann.search(f, xq[i], 100), queries)["p50"],
+            "fp16": latencies(lambda i, f=fp16: ann.search(f, xq[i], 100), queries)["p50"],
+            "ivf": latencies(lambda i, f=ivf: ann.search(f, xq[i], 100), queries)["p50"],
+            "ivf_build_s": ivf_build,
+            "nprobe": ann.nprobe_of(ivf),
+            "nlist": ann.lists_for(n),
+            "recall": ann.recall_at(ids[truth_rows], found),
+        }
+    return rows
+
+
+def _old_bm25_build(texts: list[str]) -> Any:
+    """BM25Index.build as on main at d764e7d: bm25s.tokenize to token strings, then
+    ``bm25s.BM25().index`` on the lists of strings."""
+    import bm25s
+    import Stemmer
+
+    from qa.lexical import _COMPOUND
+    from qa.normalize import search_form
+
+    forms = [search_form(t) for t in texts]
+    tokens = bm25s.tokenize(
+        forms,
+        stopwords="en",
+        stemmer=Stemmer.Stemmer("english"),
+        return_ids=False,
+        show_progress=False,
+    )
+    out = [list(t) for t in tokens]
+    for terms, text in zip(out, forms, strict=True):
+        terms.extend(
+            m.group(0).lower()
+            for m in _COMPOUND.finditer(text)
+            if any(ch.isdigit() for ch in m.group(0))
+        )
+    retriever = bm25s.BM25()
+    retriever.index(out, show_progress=False)
+    return retriever
+
+
+def part_bm25_build(n: int, work: Path, old: bool) -> dict[str, Any]:
+    from qa.lexical import BM25Index
+
+    texts = make_texts(n)
+    base = rss_mb()["VmRSS"]
+    base_peak = peak_mb()
+    began = time.perf_counter()
+    if old:
+        _old_bm25_build(texts)
+        out: dict[str, Any] = {"build_s": time.perf_counter() - began}
+    else:
+        index = BM25Index.build(texts)
+        out = {"build_s": time.perf_counter() - began}
+        index.save(work)
+        out["bytes"] = dir_bytes(work / BM25Index.DIR_NAME)
+        out["nnz"] = len(index._retriever.scores["data"])
+        out["terms"] = len(index._retriever.vocab_dict)
+    out["texts_mb"] = base
+    out["peak_mb"] = peak_mb()
+    out["peak_above_texts_mb"] = peak_mb() - base
+    out["peak_before_build_mb"] = base_peak
+    out["chars"] = sum(map(len, texts))
+    return out
+
+
+def part_bm25_search(n: int, work: Path, queries: int) -> dict[str, Any]:
+    from qa.lexical import BM25Index
+
+    qs = make_queries(queries)
+    before = rss_mb()
+    began = time.perf_counter()
+    index = BM25Index.load(work, n)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - began}
+    after = rss_mb()
+    out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
+    out["top100"] = latencies(lambda i: index.top(qs[i], 100), queries)
+    out["scores"] = latencies(lambda i: index.scores(qs[i]), queries)
+    rows = np.arange(0, n, 10)
+    out["top100_filter_0.1"] = latencies(lambda i: index.top(qs[i], 100, rows=rows), queries)
+    end = rss_mb()
+    out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
+    return out
+
+
+def _old_term_counts(texts: list[str]) -> Any:
+    """TermCounts.build as on main at 38360c9: tokenize, then a Counter a chunk."""
+    from collections import Counter as _Counter
+
+    from qa.lexical import tokenize
+
+    vocab: dict[str, int] = {}
+    postings: list[list[tuple[int, int]]] = []
+    lengths = np.zeros(len(texts), dtype=np.float32)
+    for row, terms in enumerate(tokenize(texts) if texts else []):
+        lengths[row] = len(terms)
+        for term, count in _Counter(terms).items():
+            tid = vocab.setdefault(term, len(vocab))
+            if tid == len(postings):
+                postings.append([])
+            postings[tid].append((row, count))
+    return vocab, postings, lengths
+
+
+def part_terms_build(n: int, work: Path, old: bool) -> dict[str, Any]:
+    """The index's BM25 data (qa.index.terms.TermCounts of one segment)."""
+    from qa.index.terms import TermCounts
+
+    texts = make_texts(n)
+    base = rss_mb()["VmRSS"]
+    began, cpu = time.perf_counter(), time.process_time()
+    if old:
+        _old_term_counts(texts)
+        out: dict[str, Any] = {}
+    else:
+        counts = TermCounts.build(texts)
+        out = {"terms": len(counts.vocab), "nnz": len(counts.rows)}
+    out["build_s"] = time.perf_counter() - began
+    out["build_cpu_s"] = time.process_time() - cpu
+    out["texts_mb"] = base
+    out["peak_mb"] = peak_mb()
+    out["peak_above_texts_mb"] = peak_mb() - base
+    out["chars"] = sum(map(len, texts))
+    if not old:
+        began = time.perf_counter()
+        counts.save(work)
+        out["write_s"] = time.perf_counter() - began
+        out["bytes"] = dir_bytes(work)
+    return out
+
+
+def part_terms_search(n: int, work: Path, queries: int) -> dict[str, Any]:
+    from qa.index.terms import SegmentedBM25, TermCounts
+
+    qs = make_queries(queries)
+    before = rss_mb()
+    began = time.perf_counter()
+    counts = TermCounts.load(work)
+    bm25 = SegmentedBM25([(counts, np.ones(n, dtype=bool), 0)], n)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - began}
+    after = rss_mb()
+    out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
+    out["scores"] = latencies(lambda i: bm25.scores(qs[i]), queries)
+
+    def top100(i: int) -> None:
+        s = bm25.scores(qs[i])
+        np.argpartition(-s, 100)[:100]
+
+    out["top100"] = latencies(top100, queries)
+    end = rss_mb()
+    out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
+    return out
+
+
+# --- driver --------------------------------------------------------------------------------
+def run_part(*args: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.scale", "--part", *args]
+    print("  $", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def fmt_ms(d: dict[str, float]) -> str:
+    return f"{d['p50']:.2f} / {d['p95']:.2f}"
+
+
+def table(
+    lines: list[str],
+    by_size: dict[str, Any],
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]],
+) -> None:
+    sizes = sorted(by_size, key=int)
+    lines.append("| | " + " | ".join(f"{int(n):,} chunks" for n in sizes) + " |")
+    lines.append("|---|" + "---|" * len(sizes))
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(get(by_size[n]) for n in sizes) + " |")
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [BEGIN, "### Output of `python -m bench.scale`", ""]
+    lines.append(
+        "`python -m bench.scale` (synthetic chunks, real code paths: `qa/ann.py`, "
+        "`qa/lexical.py`; how the data is made is in the script's docstring). "
+        f"{results['machine']}. Latencies are p50 / p95 in ms of one query at a time on one "
+        "thread; memory is RSS of a fresh process (anonymous + file-backed: file pages are "
+        "memory-mapped index files, shared by every process serving them)."
+    )
+    lines += ["", "#### Exact or approximate, by size (`QA_ANN_MIN_CHUNKS`)", ""]
+    lines.append(
+        "| vectors | exact float32 (today) | exact float16 | IVF-SQ8 | IVF lists / nprobe "
+        "| IVF recall@10 | IVF build s |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for n, r in sorted(results["sweep"].items(), key=lambda kv: int(kv[0])):
+        lines.append(
+            f"| {int(n):,} | {r['flat32']:.2f} | {r['fp16']:.2f} | {r['ivf']:.2f} | "
+            f"{r['nlist']} / {r['nprobe']} | {r['recall']:.3f} | {r['ivf_build_s']:.1f} |"
+        )
+    lines.append("")
+    lines.append("(p50 ms of a k=100 search; IVF nprobe calibrated at build for recall@10 0.95.)")
+    lines += ["", "#### Dense index", ""]
+    dense = [results["dense"][n] for n in sorted(results["dense"], key=int)]
+    lines.append(
+        "| | " + " | ".join(f"{int(n):,} chunks" for n in sorted(results["dense"], key=int)) + " |"
+    )
+    lines.append("|---|" + "---|" * len(dense))
+
+    def row(label: str, get: Callable[[dict[str, Any]], str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(get(r) for r in dense) + " |")
+
+    row("index type chosen", lambda r: f"{r['build']['ann_kind']}" + (
+        f" ({r['build']['nlist']} lists, nprobe {r['build']['nprobe']})"
+        if r["build"]["nprobe"] else ""))  # fmt: skip
+    row("build (train, add, calibrate) s", lambda r: f"{r['build']['ann_build_s']:.1f}")
+    row("bytes on disk", lambda r: f"{r['build']['ann_bytes'] / 1e6:.0f} MB")
+    row(
+        "bytes on disk, exact float32 (today)", lambda r: f"{r['build']['flat_bytes'] / 1e6:.0f} MB"
+    )
+    row("load (memory-mapped) ms", lambda r: f"{r['ann']['load_s'] * 1000:.0f}")
+    row("RSS after load, anon + file MB", lambda r: (
+        f"{r['ann']['rss_after_load_mb']['RssAnon']:.0f} + "
+        f"{r['ann']['rss_after_load_mb']['RssFile']:.0f}"))  # fmt: skip
+    row("RSS after searches, anon + file MB", lambda r: (
+        f"{r['ann']['rss_after_search_mb']['RssAnon']:.0f} + "
+        f"{r['ann']['rss_after_search_mb']['RssFile']:.0f}"))  # fmt: skip
+    row("search k=100, chosen index", lambda r: fmt_ms(r["ann"]["k100"]))
+    row("search k=10, chosen index", lambda r: fmt_ms(r["ann"]["k10"]))
+    row("recall@10 against exact (fresh queries)", lambda r: f"{r['ann']['recall@10']:.3f}")
+    row("search k=100, filter allows 10 %", lambda r: fmt_ms(r["ann"]["filter_0.1"]))
+    row("search k=100, filter allows 0.1 %", lambda r: fmt_ms(r["ann"]["filter_0.001"]))
+    row("search k=100, exact float32 (today)", lambda r: fmt_ms(r["flat"]["k100"]))
+    row("RSS after searches, exact float32, anon + file MB", lambda r: (
+        f"{r['flat']['rss_after_search_mb']['RssAnon']:.0f} + "
+        f"{r['flat']['rss_after_search_mb']['RssFile']:.0f}"))  # fmt: skip
+    lines += ["", "#### BM25: the index's term counts (`qa.index.terms`)", ""]
+    lines.append(
+        "What a segment stores for BM25 (`TermCounts`: term frequencies by term, chunk "
+        "lengths) and how a query is scored over it (`SegmentedBM25.scores`, then the 100 "
+        "best by `argpartition`), one segment, arrays memory-mapped."
+    )
+    lines.append("")
+    table(lines, results["terms"], [
+        ("text (characters)", lambda r: f"{r['build']['chars'] / 1e6:.0f} M"),
+        ("terms / (term, chunk) pairs", lambda r: (
+            f"{r['build']['terms']:,} / {r['build']['nnz'] / 1e6:.1f} M")),
+        ("build s (CPU s)", lambda r: (
+            f"{r['build']['build_s']:.1f} ({r['build']['build_cpu_s']:.1f})")),
+        ("peak RSS of the build, MB (above the texts)", lambda r: (
+            f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})")),
+        ("build s (CPU s), main at 38360c9", lambda r: (
+            f"{r['old']['build_s']:.1f} ({r['old']['build_cpu_s']:.1f})"
+            if "old" in r else "not run")),
+        ("peak RSS MB, main at 38360c9 (above the texts)", lambda r: (
+            f"{r['old']['peak_mb']:.0f} ({r['old']['peak_above_texts_mb']:.0f})"
+            if "old" in r else "not run")),
+        ("bytes on disk", lambda r: f"{r['build']['bytes'] / 1e6:.0f} MB"),
+        ("load (memory-mapped) ms", lambda r: f"{r['search']['load_s'] * 1000:.0f}"),
+        ("RSS after searches, anon + file MB", lambda r: (
+            f"{r['search']['rss_after_search_mb']['RssAnon']:.0f} + "
+            f"{r['search']['rss_after_search_mb']['RssFile']:.0f}")),
+        ("`scores(query)`", lambda r: fmt_ms(r["search"]["scores"])),
+        ("`scores(query)` + top 100", lambda r: fmt_ms(r["search"]["top100"])),
+    ])  # fmt: skip
+    if results.get("bm25"):
+        lines += ["", "#### BM25: `qa.lexical.BM25Index` (bm25s's precomputed scores)", ""]
+        table(lines, results["bm25"], [
+            ("build s", lambda r: f"{r['build']['build_s']:.1f}"),
+            ("peak RSS of the build, MB (above the texts)", lambda r: (
+                f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})")),
+            ("build s, main at d764e7d", lambda r: (
+                f"{r['old']['build_s']:.1f}" if "old" in r else "not run")),
+            ("peak RSS MB, main at d764e7d (above the texts)", lambda r: (
+                f"{r['old']['peak_mb']:.0f} ({r['old']['peak_above_texts_mb']:.0f})"
+                if "old" in r else "not run")),
+            ("bytes on disk", lambda r: f"{r['build']['bytes'] / 1e6:.0f} MB"),
+            ("load (memory-mapped) ms", lambda r: f"{r['search']['load_s'] * 1000:.0f}"),
+            ("`top(query, 100)`", lambda r: fmt_ms(r["search"]["top100"])),
+            ("`scores(query)`", lambda r: fmt_ms(r["search"]["scores"])),
+        ])  # fmt: skip
+    lines += ["", END]
+    return "\n".join(lines) + "\n"
+
+
+def write(doc: Path, section: str) -> None:
+    text = doc.read_text(encoding="utf-8")
+    if BEGIN in text and END in text:
+        before, rest = text.split(BEGIN, 1)
+        after = rest.split(END, 1)[1].lstrip("\n")
+        text = before + section + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    doc.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--sweep", type=int, nargs="*", default=[10_000, 25_000, 50_000, 100_000])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--old", type=int, nargs="*", default=[100_000])
+    parser.add_argument("--bm25index", type=int, nargs="*", default=[])
+    parser.add_argument("--what", nargs="+", default=["dense", "terms"], choices=["dense", "terms"])
+    parser.add_argument("--merge", type=Path, help="start from an earlier run's scale.json")
+    parser.add_argument("--write", type=Path)
+    parser.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        name, *rest = args.part
+        if name == "sweep":
+            result: Any = part_exact_sweep([int(x) for x in rest[1:]], int(rest[0]))
+        elif name == "dense-build":
+            result = part_dense_build(int(rest[0]), Path(rest[1]), int(rest[2]))
+        elif name == "dense-search":
+            result = part_dense_search(int(rest[0]), Path(rest[1]), int(rest[2]), rest[3])
+        elif name == "terms-build":
+            result = part_terms_build(int(rest[0]), Path(rest[1]), rest[2] == "old")
+        elif name == "terms-search":
+            result = part_terms_search(int(rest[0]), Path(rest[1]), int(rest[2]))
+        elif name == "bm25-build":
+            result = part_bm25_build(int(rest[0]), Path(rest[1]), rest[2] == "old")
+        else:
+            result = part_bm25_search(int(rest[0]), Path(rest[1]), int(rest[2]))
+        print(json.dumps(result))
+        return
+    results: dict[str, Any] = {"sweep": {}, "dense": {}, "terms": {}, "bm25": {}}
+    if args.merge:
+        results.update(json.loads(args.merge.read_text()))
+    results["machine"] = f"{os.cpu_count()} cores, shared; {platform_line()}"
+    q = str(args.queries)
+    if args.sweep:
+        print("exact/approximate sweep", file=sys.stderr)
+        results["sweep"] = run_part("sweep", str(min(args.queries, 100)), *map(str, args.sweep))
+    for n in args.sizes:
+        if "dense" in args.what:
+            with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
+                work = Path(tmp)
+                print(f"dense {n:,}", file=sys.stderr)
+                build = run_part("dense-build", str(n), str(work), q)
+                results["dense"][str(n)] = {
+                    "build": build,
+                    "ann": run_part("dense-search", str(n), str(work), q, "ann"),
+                    "flat": run_part("dense-search", str(n), str(work), q, "flat"),
+                }
+        if "terms" in args.what:
+            with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
+                work = Path(tmp)
+                print(f"bm25 term counts {n:,}", file=sys.stderr)
+                entry = {"build": run_part("terms-build", str(n), str(work), "new")}
+                entry["search"] = run_part("terms-search", str(n), str(work), q)
+                if n in args.old:
+                    entry["old"] = run_part("terms-build", str(n), str(work), "old")
+                results["terms"][str(n)] = entry
+        if n in args.bm25index:
+            with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
+                work = Path(tmp)
+                print(f"bm25s index {n:,}", file=sys.stderr)
+                entry = {"build": run_part("bm25-build", str(n), str(work), "new")}
+                entry["search"] = run_part("bm25-search", str(n), str(work), q)
+                if n in args.old:
+                    entry["old"] = run_part("bm25-build", str(n), str(work), "old")
+                results["bm25"][str(n)] = entry
+        print(json.dumps(results, indent=1, default=str), file=sys.stderr)
+    section = report(results)
+    print(section)
+    (ROOT / "bench" / "out").mkdir(exist_ok=True)
+    (ROOT / "bench" / "out" / "scale.json").write_text(json.dumps(results, indent=1))
+    if args.write:
+        write(args.write, section)
+
+
+def platform_line() -> str:
+    import faiss
+
+    return f"faiss {faiss.__version__}, numpy {np.__version__}"
+
+
+if __name__ == "__main__":
+    main()

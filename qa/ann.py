@@ -1,0 +1,279 @@
+"""Nearest-neighbour index for chunk vectors: exact below a size, approximate above it.
+
+The FAISS index type follows the number of vectors (measured in docs/performance.md,
+``python -m bench.scale``):
+
+- below ``QA_ANN_MIN_CHUNKS`` vectors: exact search over float16 vectors
+  (``IndexIDMap2(IndexScalarQuantizer(QT_fp16))``): the same ranking as float32 up to
+  rounding (scores differ by < 1e-3), half the bytes, and 1.2-2.7x faster than
+  ``IndexFlatIP`` for one question at a time on this machine;
+- from ``QA_ANN_MIN_CHUNKS`` up: an inverted file over 8-bit scalar-quantized vectors
+  (``IndexIVFScalarQuantizer``, ``QT_8bit``, about ``sqrt(n)`` lists, 1 byte a dimension).
+  How many lists a search visits (``nprobe``) is calibrated at build time on the vectors
+  themselves so that recall@10 against exact search is at least ``QA_ANN_TARGET_RECALL``,
+  and is saved in the file.
+
+HNSW was measured too: at 100k vectors it searched as fast at the same recall, but built
+7-13x slower (84-159 s against 12 s on 2 cores), which at 1M is most of a build.
+
+Both types keep the caller's int64 ids (any values: content hashes need not be
+contiguous), search by inner product (cosine on normalised vectors), accept a filter as a
+set of allowed ids (a FAISS ``IDSelectorBatch`` passed in ``SearchParameters``), and are
+read back memory-mapped (``IO_FLAG_MMAP_IFC``): the codes stay in the page cache, shared
+by every process that serves the same file, and loading costs milliseconds. An index
+read this way is read-only: adding to it or removing from it fails a FAISS assertion,
+which aborts the process, so an update writes a new file and maps that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+
+if TYPE_CHECKING:
+    from qa.settings import Settings
+
+EXACT = "exact-fp16"
+IVF_SQ8 = "ivf-sq8"
+
+_CALIBRATION_QUERIES = 256
+_RECALL_K = 10
+_TRAIN_POINTS_PER_LIST = 64  # FAISS warns below 39 training points a list
+_ADD_BLOCK = 65_536
+
+
+@dataclass(frozen=True)
+class AnnConfig:
+    """What decides the index type and its search parameters.
+
+    ``min_chunks``: from this many vectors up the index is approximate (IVF-SQ8), below it
+    exact. ``target_recall``: recall@10 against exact search that calibration reaches.
+    """
+
+    min_chunks: int = 20_000
+    target_recall: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.min_chunks < 0:
+            raise ValueError(f"min_chunks must be >= 0, got {self.min_chunks}")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnnConfig:
+        return cls(min_chunks=settings.ann_min_chunks, target_recall=settings.ann_target_recall)
+
+
+def kind_for(n: int, config: AnnConfig) -> str:
+    """The index type for ``n`` vectors: :data:`EXACT` or :data:`IVF_SQ8`."""
+    return IVF_SQ8 if n >= max(config.min_chunks, 1) and n >= 2 * _TRAIN_POINTS_PER_LIST else EXACT
+
+
+def lists_for(n: int) -> int:
+    """Number of IVF lists for ``n`` vectors: the power of two nearest ``sqrt(n)``, at most
+    ``n / 64`` so that every list has enough training points (1M -> 1024, 100k -> 256)."""
+    nlist = 2 ** round(math.log2(max(math.sqrt(n), 1.0)))
+    return int(max(1, min(nlist, n // _TRAIN_POINTS_PER_LIST)))
+
+
+def make_index(n: int, dim: int, config: AnnConfig | None = None) -> faiss.Index:
+    """An empty index of the type for ``n`` vectors of dimension ``dim``.
+
+    The IVF type must be trained (:func:`build` does it) before vectors are added.
+    """
+    config = config or AnnConfig()
+    if dim <= 0:
+        raise ValueError(f"dimension must be positive, got {dim}")
+    if kind_for(n, config) == EXACT:
+        flat = faiss.IndexScalarQuantizer(
+            dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+        return faiss.IndexIDMap2(flat)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, lists_for(n), faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    return index  # the Python wrapper keeps ``quantizer`` alive with the index
+
+
+def build(
+    vectors: np.ndarray, ids: np.ndarray, config: AnnConfig | None = None, *, seed: int = 0
+) -> faiss.Index:
+    """The index for ``vectors`` (n, dim), float32, normalised) under int64 ``ids`` (n,),
+    unique, any value but -1.
+
+    Trains the IVF type on a sample (64 points a list) and calibrates its ``nprobe``
+    (:func:`calibrate`). Raises ``ValueError`` on mismatched shapes or repeated ids.
+    """
+    config = config or AnnConfig()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must have shape (n, dim), got {vectors.shape}")
+    if ids.shape != (len(vectors),):
+        raise ValueError(f"{ids.shape} ids for {len(vectors)} vectors")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    if np.any(ids == -1):
+        raise ValueError("id -1 is reserved (FAISS marks a missing result with it)")
+    n, dim = vectors.shape
+    index = make_index(n, dim, config)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        ivf = faiss.extract_index_ivf(index)
+        sample = min(n, _TRAIN_POINTS_PER_LIST * ivf.nlist)
+        rows = np.sort(rng.choice(n, sample, replace=False))
+        ivf.cp.seed = seed
+        index.train(vectors[rows])
+    for start in range(0, n, _ADD_BLOCK):
+        index.add_with_ids(vectors[start : start + _ADD_BLOCK], ids[start : start + _ADD_BLOCK])
+    if kind_for(n, config) == IVF_SQ8:
+        calibrate(index, vectors, ids, config.target_recall, seed=seed)
+    return index
+
+
+def calibrate(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    target_recall: float,
+    *,
+    queries: int = _CALIBRATION_QUERIES,
+    seed: int = 0,
+) -> float:
+    """Set the IVF index's ``nprobe`` to the smallest power of two whose recall@10 against
+    exact search reaches ``target_recall``; return that recall.
+
+    Queries are up to 256 of the indexed vectors; each one's own id is left out of both
+    result lists (leave-one-out), so the measure is how well the index finds a vector's
+    neighbours, not the vector itself. Exact search is brute force on float32 ``vectors``.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    n = len(vectors)
+    rng = np.random.default_rng(seed + 1)
+    rows = rng.choice(n, min(queries, n), replace=False)
+    xq = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    k = min(_RECALL_K + 1, n)
+    _, exact_rows = faiss.knn(xq, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = [_without(ids[r], ids[q]) for r, q in zip(exact_rows, rows, strict=True)]
+    nprobe = 1
+    while True:
+        ivf.nprobe = nprobe
+        _, found = index.search(xq, k)
+        recall = _recall(truth, [_without(f, ids[q]) for f, q in zip(found, rows, strict=True)])
+        if recall >= target_recall or nprobe >= ivf.nlist:
+            return recall
+        nprobe = min(nprobe * 2, ivf.nlist)
+
+
+def _without(found: np.ndarray, own: np.int64) -> np.ndarray:
+    kept: np.ndarray = found[(found != own) & (found != -1)]
+    return kept[:_RECALL_K]
+
+
+def _recall(truth: list[np.ndarray], found: list[np.ndarray]) -> float:
+    hits = [len(np.intersect1d(t, f)) / max(len(t), 1) for t, f in zip(truth, found, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def recall_at(truth: np.ndarray, found: np.ndarray) -> float:
+    """Mean over queries of |found[q] ∩ truth[q]| / |truth[q]| (rows of ids, -1 ignored)."""
+    return _recall([t[t != -1] for t in truth], [f[f != -1] for f in found])
+
+
+def kind_of(index: faiss.Index) -> str:
+    """:data:`EXACT` or :data:`IVF_SQ8` for an index made here."""
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return EXACT
+    return IVF_SQ8
+
+
+def nprobe_of(index: faiss.Index) -> int | None:
+    """The calibrated ``nprobe`` of an IVF index; ``None`` for the exact type."""
+    if kind_of(index) == EXACT:
+        return None
+    return int(faiss.extract_index_ivf(index).nprobe)
+
+
+def save(index: faiss.Index, path: Path) -> int:
+    """Write ``index`` to the file ``path`` (FAISS format, search parameters included);
+    return its size in bytes."""
+    faiss.write_index(index, str(path))
+    return path.stat().st_size
+
+
+def load_mmap(path: Path) -> faiss.Index:
+    """Read the index at ``path`` memory-mapped (``IO_FLAG_MMAP_IFC``): vector codes, ids
+    and inverted lists are pages of the file, shared by every process reading it. The
+    result is read-only: never call ``add_with_ids`` or ``remove_ids`` on it (a FAISS
+    assertion aborts the process). Raises ``RuntimeError`` when the file is not a FAISS
+    index."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+
+
+def search(
+    index: faiss.Index, vector: np.ndarray, k: int, ids: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 (m,), scores float32 (m,)) of the ``k`` nearest vectors by inner
+    product, best first, m <= k; with ``ids``, only among those ids.
+
+    ``vector``: one query, shape (dim,) or (1, dim). With a filter, the IVF index visits
+    ``nprobe / sqrt(fraction)`` lists (at most all of them), where ``fraction`` is the
+    share of the index the filter allows, so a narrow filter still fills ``k``: measured
+    at 100k vectors (256 lists, nprobe 32), recall@10 among the allowed ids 0.988 / 0.997 /
+    1.0 for 10 % / 1 % / 0.1 % allowed, against 0.952 / 0.882 / 0.655 with ``nprobe``
+    unchanged and 0.990 at 2.5x the time of this rule with ``nprobe / fraction``. Runs on
+    the calling thread only (one OpenMP thread: measured faster for one query on a busy machine).
+    """
+    if k <= 0 or index.ntotal == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
+    if q.shape[1] != index.d:
+        raise ValueError(f"query has dimension {q.shape[1]}, the index {index.d}")
+    faiss.omp_set_num_threads(1)
+    k = min(k, int(index.ntotal))
+    if ids is None:
+        scores, found = index.search(q, k)
+    else:
+        allowed = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(allowed) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        selector = faiss.IDSelectorBatch(allowed)
+        params: faiss.SearchParameters
+        if kind_of(index) == IVF_SQ8:
+            ivf = faiss.extract_index_ivf(index)
+            fraction = len(allowed) / index.ntotal
+            params = faiss.SearchParametersIVF()
+            scale = 1 / math.sqrt(min(fraction, 1.0))
+            params.nprobe = int(min(ivf.nlist, math.ceil(ivf.nprobe * scale)))
+        else:
+            params = faiss.SearchParameters()
+        params.sel = selector
+        scores, found = index.search(q, k, params=params)
+    keep = found[0] != -1  # FAISS marks a missing result with id -1
+    return found[0][keep], scores[0][keep]
+
+
+__all__ = [
+    "EXACT",
+    "IVF_SQ8",
+    "AnnConfig",
+    "build",
+    "calibrate",
+    "kind_for",
+    "kind_of",
+    "lists_for",
+    "load_mmap",
+    "make_index",
+    "nprobe_of",
+    "recall_at",
+    "save",
+    "search",
+]

@@ -1,0 +1,121 @@
+"""qa.lexical.BM25Index: the batched build gives bm25s's own scores; memory-mapped load; top-k."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import Stemmer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qa.lexical import BM25Index, tokenize
+from qa.normalize import search_form
+
+WORDS = ["the", "running", "runs", "cat", "cats", "libcurl3-gnutls", "python3.11", "7.88.1"]
+WORDS += ["ERR-4012", "of", "ﬁnal", "final", "a", "zebra", "data_set", "x", "Ünïcode", "and"]
+WORDS += ["İstanbul", "x86_64-linux", "e.g.", "out-of-date", "v2", "ＡＢＣ１２-3"]
+
+
+def reference_tokenize(text: str) -> list[str]:
+    """The tokenizer on main at d764e7d: bm25s.tokenize, then numbered identifiers whole."""
+    text = search_form(text)
+    tokens = bm25s.tokenize(
+        [text], stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+        show_progress=False,
+    )[0]  # fmt: skip
+    compounds = re.findall(r"\b\w+(?:[-.+:/]\w+)+", text)
+    return list(tokens) + [c.lower() for c in compounds if any(ch.isdigit() for ch in c)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from([*"aAbeİıßﬁ1２3-.+:/_ \n", "the", "of", "x86", "İstanbul"]), max_size=30
+    ).map("".join)
+)
+def test_tokens_as_bm25s_plus_identifiers(text: str) -> None:
+    assert sorted(tokenize([text])[0]) == sorted(reference_tokenize(text))
+
+
+def reference_scores(texts: list[str], query: str) -> np.ndarray:
+    """bm25s's own path: ``BM25().index`` on token strings, ``get_scores``."""
+    retriever = bm25s.BM25()
+    retriever.index(tokenize(texts), show_progress=False)
+    ids = retriever.get_tokens_ids(tokenize([query])[0])
+    if not ids:
+        return np.zeros(len(texts), dtype=np.float32)
+    return np.asarray(retriever.get_scores_from_ids(ids), dtype=np.float32)
+
+
+texts_strategy = st.lists(
+    st.lists(st.sampled_from(WORDS), min_size=0, max_size=12).map(" ".join),
+    min_size=1,
+    max_size=40,
+).filter(lambda texts: any(tokenize(texts)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=texts_strategy, query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=4))
+def test_batched_build_scores_as_bm25s(texts: list[str], query: list[str]) -> None:
+    q = " ".join(query)
+    ours = BM25Index.build(texts).scores(q)
+    np.testing.assert_allclose(ours, reference_scores(texts, q), rtol=1e-5, atol=1e-6)
+
+
+def test_build_spans_several_batches(monkeypatch) -> None:
+    import qa.lexical
+
+    monkeypatch.setattr(qa.lexical, "_BATCH", 7)  # new terms appear in later batches
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, 10)) for _ in range(50)]
+    texts[40] += " onlyhere v9.9.9"
+    for q in ["running cat", "onlyhere", "v9.9.9 zebra", "final data_set"]:
+        np.testing.assert_allclose(
+            BM25Index.build(texts).scores(q), reference_scores(texts, q), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_saved_index_loads_memory_mapped(tmp_path: Path) -> None:
+    texts = ["the cat runs", "python3.11 and libcurl3-gnutls", "zebra data", "cats running far"]
+    built = BM25Index.build(texts)
+    built.save(tmp_path)
+    loaded = BM25Index.load(tmp_path, len(texts))
+    assert isinstance(loaded._retriever.scores["data"], np.memmap)
+    assert isinstance(loaded._retriever.scores["indices"], np.memmap)
+    for q in ["running cat", "python3.11", "nothing known"]:
+        np.testing.assert_array_equal(loaded.scores(q), built.scores(q))
+    in_memory = BM25Index.load(tmp_path, len(texts), mmap=False)
+    assert not isinstance(in_memory._retriever.scores["data"], np.memmap)
+
+
+def test_top_is_the_best_of_scores_with_filter() -> None:
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(WORDS, 8)) for _ in range(300)]
+    index = BM25Index.build(texts)
+    for q in ["running cat", "zebra final", "7.88.1"]:
+        scores = index.scores(q)
+        rows, top_scores = index.top(q, 10)
+        expected = np.lexsort((np.arange(len(scores)), -scores))[:10]
+        expected = expected[scores[expected] > 0]
+        assert list(rows) == list(expected)
+        np.testing.assert_array_equal(top_scores, scores[rows])
+        allowed = np.arange(0, 300, 3)
+        rows, _ = index.top(q, 10, rows=allowed)
+        assert set(rows) <= set(allowed)
+        best_allowed = allowed[np.lexsort((allowed, -scores[allowed]))][:10]
+        assert list(rows) == [r for r in best_allowed if scores[r] > 0]
+
+
+def test_no_term_known_and_empty_corpus(tmp_path: Path) -> None:
+    index = BM25Index.build(["the cat"])
+    assert index.top("unknownword", 5)[0].size == 0
+    assert not index.scores("unknownword").any()
+    empty = BM25Index.build([])
+    assert empty.scores("cat").shape == (0,)
+    only_stopwords = BM25Index.build(["the of and", "a"])
+    assert only_stopwords.scores("the").tolist() == [0.0, 0.0]
+    only_stopwords.save(tmp_path)
+    assert BM25Index.load(tmp_path, 2).scores("cat").tolist() == [0.0, 0.0]
