@@ -1,0 +1,1069 @@
+"""The index in Milvus: generations as visibility ranges on rows, a pointer in a collection.
+
+One Milvus database (a server, a cluster, Milvus Lite's gRPC server, or Milvus Lite embedded
+in this process for a local ``.db`` path) holds four collections named ``<prefix>_<name>``:
+
+``chunks``
+    one row per chunk of a document in some generation: ``chunk_id`` (stable, see
+    :func:`chunk_id`), doc id, path, span, lines, page, heading, the chunk text, the chunk
+    vector (COSINE), the text BM25 sees and the sparse vector Milvus's BM25 function makes of
+    it, the content hash of what the model embedded (for vector reuse), and the visibility
+    range ``gen_from`` / ``gen_to``.
+``sentences``
+    one row per highlightable sentence of a chunk id: span and vector, keyed by ``chunk_id``
+    (a renamed document keeps its chunk ids, so its sentences are not written again).
+``documents``
+    a document's metadata and its text, split into pieces that fit a VARCHAR field.
+``meta``
+    the pointer (generation in service, highest generation number ever written) and one
+    record per generation (state, stats).
+
+A row is visible in generation ``G`` when ``gen_from <= G and (gen_to == 0 or gen_to > G)``;
+every search and read carries that expression. Writing generation ``G`` inserts only new or
+changed rows (``gen_from = G``) and closes the rows of removed or changed documents
+(``gen_to = G``); nothing unchanged is copied. :meth:`MilvusIndex.publish` then switches the
+pointer, which every API process polls (:meth:`MilvusIndex.current`); a request keeps the
+:class:`MilvusSnapshot` it started with, and that generation's rows stay visible to it.
+Rollback moves the pointer back; the next write first removes what the rolled-back or crashed
+generations left (:meth:`MilvusIndex.cleanup_orphans`). Writers must be serialised (one
+``qa index`` process at a time, as the local store's lock does); readers are unlimited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from qa.documents import Chunk, Document
+from qa.errors import IndexMismatch, IndexNotReady, InvalidRequest, NotFound
+from qa.lexical import tokenize
+from qa.normalize import nfc
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+MAX_VARCHAR_BYTES = 65535  # Milvus's VARCHAR limit
+PIECE_CHARS = 16000  # a document text piece: at most 4 bytes a character fits 65535 bytes
+ID_BATCH = 1000  # ids per ``in [...]`` expression
+POINTER_PK = 0
+LEXICAL_FORMS = ("qa", "raw")
+_TOP_CODE_POINT = "\U0010ffff"
+
+
+def chunk_id(doc_sha256: str, start: int, end: int) -> int:
+    """Stable id of a chunk: the first 8 bytes (big-endian) of
+    sha256(``f"{doc_sha256}:{start}:{end}"``) with the sign bit cleared, a non-negative int64.
+    The same document text and span always give the same id, in any generation."""
+    digest = hashlib.sha256(f"{doc_sha256}:{start}:{end}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _row_pk(*parts: object) -> int:
+    """Primary key of a stored row (rows of one chunk id differ by generation and document)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return (int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
+def content_hash(text: str) -> str:
+    """Key of a vector's input text for reuse across generations (sha256 hex)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- expressions
+
+
+def quote(value: str) -> str:
+    """``value`` as a Milvus string literal: backslash, double quote and line breaks escaped."""
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    return f'"{escaped}"'
+
+
+def visible(generation: int) -> str:
+    """The expression selecting the rows visible in ``generation``."""
+    g = int(generation)
+    return f"(gen_from <= {g} and (gen_to == 0 or gen_to > {g}))"
+
+
+def prefix_expr(field_name: str, prefix: str) -> str:
+    """Rows whose ``field_name`` starts with ``prefix``.
+
+    ``like "prefix%"`` when the prefix holds no LIKE metacharacter; otherwise the range
+    ``field >= prefix and field < prefix + U+10FFFF``: LIKE escapes (``\\%``, ``\\_``) are not
+    honoured the same way by every evaluator (Milvus Lite's row-wise one has none), a range
+    compare is exact everywhere (code point order, which UTF-8 byte order preserves).
+    """
+    if not any(ch in prefix for ch in "%_\\"):
+        return f"{field_name} like {quote(prefix + '%')}"
+    return f"({field_name} >= {quote(prefix)} and {field_name} < {quote(prefix + _TOP_CODE_POINT)})"
+
+
+def in_expr(field_name: str, values: Iterable[str] | Iterable[int]) -> str:
+    items = [quote(v) if isinstance(v, str) else str(int(v)) for v in values]
+    return f"{field_name} in [{', '.join(items)}]"
+
+
+class FilterLike(Protocol):
+    """What a request filter carries (``qa.search.Filters``); values already in NFC."""
+
+    @property
+    def doc_ids(self) -> frozenset[str] | None: ...
+
+    @property
+    def path_prefix(self) -> str | None: ...
+
+
+def filter_expr(generation: int, filters: FilterLike | None) -> str | None:
+    """The whole filter of a search in ``generation``; None when ``filters`` admit nothing."""
+    parts = [visible(generation)]
+    if filters is not None:
+        if filters.doc_ids is not None:
+            if not filters.doc_ids:
+                return None
+            parts.append(in_expr("doc_key", sorted(nfc(d) for d in filters.doc_ids)))
+        if filters.path_prefix:
+            parts.append(prefix_expr("path_key", nfc(filters.path_prefix)))
+    return " and ".join(parts)
+
+
+def lexical_text(text: str, form: str) -> str:
+    """What Milvus's BM25 analyzer is given for ``text``.
+
+    ``qa``: the project's BM25 tokens (qa.lexical.tokenize: English stopwords removed,
+    Snowball stems, numbered identifiers kept whole) joined by spaces, with the joining
+    characters of an identifier turned into ``_`` so that Milvus's standard analyzer
+    (``\\w+``) keeps it one term. ``raw``: the text itself (Milvus's analyzer alone).
+    """
+    if form == "raw":
+        return text
+    terms = tokenize([text])[0]
+    return " ".join("".join(ch if ch.isalnum() else "_" for ch in t) for t in terms)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """A chunk as the snapshot returns it (``text`` is ``document.text[start:end]``)."""
+
+    chunk_id: int
+    doc_id: str
+    path: str
+    start: int
+    end: int
+    line_start: int
+    line_end: int
+    page: int | None
+    heading: str
+    text: str
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    doc_id: str
+    path: str
+    title: str
+    sha256: str
+    chunks: int
+
+
+@dataclass(frozen=True)
+class DocumentWrite:
+    """A new, changed or renamed document with everything stored about it.
+
+    ``chunk_vectors``: (n_chunks, d) float32, row i is ``chunks[i]``; ``sentences``: (s, 3)
+    int64 rows ``(chunk index into chunks, start, end)``; ``sentence_vectors``: (s, d);
+    ``content_hashes``: per chunk, the key of its vector for reuse (default:
+    :func:`content_hash` of ``chunk.embed_text``).
+    """
+
+    document: Document
+    chunks: Sequence[Chunk]
+    chunk_vectors: np.ndarray
+    sentences: np.ndarray
+    sentence_vectors: np.ndarray
+    content_hashes: Sequence[str] | None = None
+
+
+@dataclass
+class WriteReport:
+    generation: int
+    documents_written: int = 0
+    documents_closed: int = 0
+    documents_unchanged: int = 0
+    chunks_written: int = 0
+    chunks_closed: int = 0
+    sentences_written: int = 0
+    sentences_closed: int = 0
+    bytes_sent: int = 0  # vector and text bytes of rows written or rewritten
+    orphans_removed: int = 0
+    unknown_removed: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- store
+
+
+class MilvusIndex:
+    """Generations of an index in one Milvus database (write side and pointer).
+
+    ``uri``: a local path ending in ``.db`` runs Milvus Lite inside this process (one process
+    per path); ``http(s)://host:port`` reaches a Milvus server or Milvus Lite's gRPC server
+    (``milvus-lite server --data-dir D --port P``), which any number of processes share.
+    ``dimension``: of chunk and sentence vectors; an existing store with another dimension
+    raises :class:`qa.errors.IndexMismatch`. ``lexical_form``: see :func:`lexical_text`.
+    Raises :class:`qa.errors.IndexNotReady` when Milvus cannot be reached.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        dimension: int,
+        token: str = "",
+        prefix: str = "qa",
+        lexical_form: str = "qa",
+        timeout: float = 30.0,
+    ) -> None:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        if lexical_form not in LEXICAL_FORMS:
+            raise InvalidRequest(
+                f"lexical_form must be one of {LEXICAL_FORMS}, got {lexical_form!r}"
+            )
+        if not prefix.replace("_", "").isalnum() or not prefix[:1].isalpha():
+            raise InvalidRequest(
+                f"collection prefix {prefix!r} must start with a letter and hold only letters, "
+                "digits and _"
+            )
+        if uri.endswith(".db"):
+            parent = os.path.dirname(os.path.abspath(uri))
+            os.makedirs(parent, exist_ok=True)
+        self.uri = uri
+        self.dimension = int(dimension)
+        self.prefix = prefix
+        self.lexical_form = lexical_form
+        self.timeout = timeout
+        try:
+            self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
+        except MilvusException as exc:
+            raise IndexNotReady(f"cannot reach Milvus at {uri}: {exc}") from exc
+        self.chunks_name = f"{prefix}_chunks"
+        self.sentences_name = f"{prefix}_sentences"
+        self.documents_name = f"{prefix}_documents"
+        self.meta_name = f"{prefix}_meta"
+
+    # ------------------------------------------------------------------ schema
+
+    def exists(self) -> bool:
+        return bool(self.client.has_collection(self.meta_name))
+
+    def ensure_collections(self) -> None:
+        """Create the four collections (and their indexes) where missing; check the
+        dimension of existing ones."""
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+        strong = {"consistency_level": "Strong"}
+        if not self.client.has_collection(self.chunks_name):
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("pk", DataType.INT64, is_primary=True)
+            s.add_field("chunk_id", DataType.INT64)
+            s.add_field("doc_id", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
+            s.add_field("doc_key", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
+            s.add_field("path", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
+            s.add_field("path_key", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
+            for name in ("start", "end", "line_start", "line_end", "page"):
+                s.add_field(name, DataType.INT64)
+            s.add_field("heading", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
+            s.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
+            s.add_field(
+                "lexical",
+                DataType.VARCHAR,
+                max_length=MAX_VARCHAR_BYTES,
+                enable_analyzer=True,
+                analyzer_params={"tokenizer": "standard"},
+            )
+            s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            s.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+            s.add_field("content_hash", DataType.VARCHAR, max_length=64)
+            s.add_field("gen_from", DataType.INT64)
+            s.add_field("gen_to", DataType.INT64)
+            s.add_function(
+                Function(
+                    name="bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=["lexical"],
+                    output_field_names=["sparse"],
+                )
+            )
+            ip = self.client.prepare_index_params()
+            ip.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
+            ip.add_index(
+                field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
+            )
+            self.client.create_collection(self.chunks_name, schema=s, index_params=ip, **strong)
+        if not self.client.has_collection(self.sentences_name):
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("pk", DataType.INT64, is_primary=True)
+            s.add_field("chunk_id", DataType.INT64)
+            s.add_field("start", DataType.INT64)
+            s.add_field("end", DataType.INT64)
+            s.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+            s.add_field("gen_from", DataType.INT64)
+            s.add_field("gen_to", DataType.INT64)
+            ip = self.client.prepare_index_params()
+            ip.add_index(field_name="vector", index_type="FLAT", metric_type="COSINE")
+            self.client.create_collection(self.sentences_name, schema=s, index_params=ip, **strong)
+        for name, fields in (
+            (
+                self.documents_name,
+                ("doc_id", "doc_key", "path", "title", "sha256", "page_starts", "text"),
+            ),
+            (self.meta_name, ("kind", "info")),
+        ):
+            if self.client.has_collection(name):
+                continue
+            s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            s.add_field("pk", DataType.INT64, is_primary=True)
+            for f in fields:
+                s.add_field(f, DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
+            for f in ("piece", "chunks", "value", "gen_from", "gen_to"):
+                s.add_field(f, DataType.INT64)
+            # Milvus needs a vector field in every collection; this one is never searched
+            s.add_field("_unused", DataType.FLOAT_VECTOR, dim=2)
+            ip = self.client.prepare_index_params()
+            ip.add_index(field_name="_unused", index_type="FLAT", metric_type="L2")
+            self.client.create_collection(name, schema=s, index_params=ip, **strong)
+        self._check_dimension()
+
+    def _check_dimension(self) -> None:
+        described = self.client.describe_collection(self.chunks_name)
+        for f in described.get("fields", []):
+            if f.get("name") == "vector":
+                dim = int(f.get("params", {}).get("dim", self.dimension))
+                if dim != self.dimension:
+                    raise IndexMismatch(
+                        f"the Milvus collection {self.chunks_name} at {self.uri} holds "
+                        f"{dim}-dimensional vectors but the embedder makes {self.dimension}; "
+                        "use another collection prefix or rebuild"
+                    )
+
+    # ------------------------------------------------------------------ low level
+
+    def _query(self, collection: str, expr: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.client.query(
+            collection,
+            filter=expr,
+            output_fields=list(fields),
+            consistency_level="Strong",
+            timeout=self.timeout,
+        )
+        return rows
+
+    def _query_ids(
+        self,
+        collection: str,
+        field_name: str,
+        values: Sequence[Any],
+        extra: str,
+        fields: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for lo in range(0, len(values), ID_BATCH):
+            batch = values[lo : lo + ID_BATCH]
+            expr = in_expr(field_name, batch)
+            out.extend(self._query(collection, f"{expr} and {extra}" if extra else expr, fields))
+        return out
+
+    def _iterate(
+        self, collection: str, expr: str, fields: Sequence[str], batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Every row matching ``expr``, in pages (no result-window limit)."""
+        iterator = self.client.query_iterator(
+            collection,
+            batch_size=batch,
+            filter=expr,
+            output_fields=list(fields),
+            consistency_level="Strong",
+            timeout=self.timeout,
+        )
+        try:
+            while True:
+                page = iterator.next()
+                if not page:
+                    return
+                yield from page
+        finally:
+            iterator.close()
+
+    def _insert(self, collection: str, rows: list[dict[str, Any]], batch: int = 500) -> None:
+        for lo in range(0, len(rows), batch):
+            self.client.insert(collection, rows[lo : lo + batch], timeout=self.timeout)
+
+    def _upsert(self, collection: str, rows: list[dict[str, Any]], batch: int = 500) -> None:
+        for lo in range(0, len(rows), batch):
+            self.client.upsert(collection, rows[lo : lo + batch], timeout=self.timeout)
+
+    # ------------------------------------------------------------------ pointer
+
+    def _pointer(self) -> dict[str, Any]:
+        if not self.exists():
+            return {"current": 0, "high": 0}
+        rows = self._query(self.meta_name, f"pk == {POINTER_PK}", ["value", "info"])
+        if not rows:
+            return {"current": 0, "high": 0}
+        info = json.loads(rows[0]["info"] or "{}")
+        return {"current": int(rows[0]["value"]), "high": int(info.get("high", 0))}
+
+    def _set_pointer(self, current: int, high: int) -> None:
+        self._upsert(
+            self.meta_name,
+            [
+                self._meta_row(
+                    POINTER_PK, "pointer", current, {"high": high, "format": STORE_FORMAT}
+                )
+            ],
+        )
+
+    @staticmethod
+    def _meta_row(pk: int, kind: str, value: int, info: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pk": pk,
+            "kind": kind,
+            "info": json.dumps(info, ensure_ascii=False),
+            "piece": 0,
+            "chunks": 0,
+            "value": value,
+            "gen_from": 0,
+            "gen_to": 0,
+            "_unused": [1.0, 0.0],
+        }
+
+    def current(self) -> int:
+        """The generation in service (0: none yet). Cheap: one point query; poll it."""
+        return int(self._pointer()["current"])
+
+    def next_generation(self) -> int:
+        """A number never used before (rolled-back and crashed generations included)."""
+        return int(self._pointer()["high"]) + 1
+
+    def generations(self) -> dict[int, dict[str, Any]]:
+        """Records of the generations kept: number -> {state, written_at, stats, ...}."""
+        if not self.exists():
+            return {}
+        rows = self._query(self.meta_name, 'kind == "generation"', ["value", "info"])
+        return {int(r["value"]): json.loads(r["info"]) for r in rows}
+
+    def _set_record(self, generation: int, info: dict[str, Any]) -> None:
+        self._upsert(self.meta_name, [self._meta_row(generation, "generation", generation, info)])
+
+    def publish(self, generation: int) -> None:
+        """Put ``generation`` (written by :meth:`write_generation`) in service."""
+        records = self.generations()
+        if generation not in records:
+            raise NotFound(f"generation {generation} was never written to {self.uri}")
+        pointer = self._pointer()
+        if generation < pointer["current"]:
+            raise InvalidRequest(
+                f"generation {generation} is older than the one in service "
+                f"({pointer['current']}); use rollback"
+            )
+        info = {**records[generation], "state": "published"}
+        info["published_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self._set_record(generation, info)
+        self._set_pointer(generation, max(pointer["high"], generation))
+
+    def rollback(self) -> int:
+        """Put the newest published generation older than the one in service back in
+        service; returns its number. Raises IndexNotReady when there is none."""
+        pointer = self._pointer()
+        current = pointer["current"]
+        older = [
+            g
+            for g, info in self.generations().items()
+            if g < current and info.get("state") == "published"
+        ]
+        if not current or not older:
+            raise IndexNotReady(
+                f"no published generation older than {current} is kept in {self.uri}; "
+                "nothing to roll back to"
+            )
+        target = max(older)
+        self._set_pointer(target, pointer["high"])
+        return target
+
+    def cleanup_orphans(self) -> int:
+        """Remove what generations newer than the one in service left (a crashed write, a
+        rolled-back generation): their rows are deleted and rows they closed are open
+        again. Returns the number of rows deleted or reopened."""
+        if not self.exists():
+            return 0
+        current = self.current()
+        touched = 0
+        for name in (self.chunks_name, self.sentences_name, self.documents_name):
+            newer = self._query(name, f"gen_from > {current}", ["pk"])
+            if newer:
+                self.client.delete(name, ids=[int(r["pk"]) for r in newer], timeout=self.timeout)
+                touched += len(newer)
+            closed = self._query(name, f"gen_to > {current}", ["*"])
+            for row in closed:
+                row["gen_to"] = 0
+                row.pop("sparse", None)  # the BM25 function makes it again from the text
+            if closed:
+                self._upsert(name, closed)
+                touched += len(closed)
+        if touched:
+            self.flush()
+        stale = [g for g in self.generations() if g > current]
+        if stale:
+            self.client.delete(self.meta_name, ids=stale, timeout=self.timeout)
+        return touched
+
+    def prune(self, keep: int = 2) -> int:
+        """Delete rows no longer visible in any of the ``keep`` newest published
+        generations up to the one in service (so they can no longer be rolled back to)."""
+        current = self.current()
+        kept = sorted(
+            g
+            for g, info in self.generations().items()
+            if g <= current and info.get("state") == "published"
+        )[-max(1, keep) :]
+        if not kept:
+            return 0
+        oldest = kept[0]
+        removed = 0
+        for name in (self.chunks_name, self.sentences_name, self.documents_name):
+            dead = self._query(name, f"gen_to != 0 and gen_to <= {oldest}", ["pk"])
+            if dead:
+                self.client.delete(name, ids=[int(r["pk"]) for r in dead], timeout=self.timeout)
+                removed += len(dead)
+        old_records = [g for g in self.generations() if g < oldest]
+        if old_records:
+            self.client.delete(self.meta_name, ids=old_records, timeout=self.timeout)
+        return removed
+
+    # ------------------------------------------------------------------ write
+
+    def vectors_by_content_hash(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """Chunk vectors already stored for these content hashes (any kept generation; the
+        store holds one model's vectors), so an update embeds only new texts."""
+        wanted = sorted(set(hashes))
+        if not wanted or not self.exists():
+            return {}
+        rows = self._query_ids(
+            self.chunks_name, "content_hash", wanted, "", ["content_hash", "vector"]
+        )
+        return {r["content_hash"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
+    def write_generation(
+        self,
+        generation: int,
+        added: Sequence[DocumentWrite],
+        removed: Iterable[str] = (),
+        stats: dict[str, Any] | None = None,
+    ) -> WriteReport:
+        """Write generation ``generation`` as the one in service plus ``added`` documents
+        (new, changed or renamed) minus ``removed`` doc ids, without publishing it.
+
+        Only new or changed rows are written; an added document equal to the one in service
+        (same text hash, path and title) is skipped. Orphans of earlier crashed or rolled-back
+        writes are removed first. ``generation`` must be above every number used before
+        (:meth:`next_generation`). Raises InvalidRequest for a bad number, a document both
+        added and removed or added twice, mismatched vector shapes, or a text too long for a
+        Milvus VARCHAR field.
+        """
+        self.ensure_collections()
+        pointer = self._pointer()
+        if generation <= pointer["high"]:
+            raise InvalidRequest(
+                f"generation {generation} is not above the highest one written "
+                f"({pointer['high']}); use next_generation()"
+            )
+        removed_ids = sorted(set(removed))
+        added_ids = [w.document.doc_id for w in added]
+        if len(set(added_ids)) != len(added_ids):
+            raise InvalidRequest("a document is added twice in one generation")
+        if set(added_ids) & set(removed_ids):
+            raise InvalidRequest("a document is both added and removed in one generation")
+        for w in added:
+            self._check_write(w)
+        report = WriteReport(generation)
+        report.orphans_removed = self.cleanup_orphans()
+        current = pointer["current"]
+        # the number is taken before anything is written: a crash never lets it be reused
+        self._set_pointer(current, generation)
+        self._set_record(
+            generation,
+            {
+                "state": "writing",
+                "based_on": current,
+                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+        seen = visible(current)
+        touched = sorted(set(added_ids) | set(removed_ids))
+        in_service: dict[str, dict[str, Any]] = {}
+        if current and touched:
+            for row in self._query_ids(
+                self.documents_name,
+                "doc_id",
+                touched,
+                f"piece == 0 and {seen}",
+                ["doc_id", "path", "title", "sha256"],
+            ):
+                in_service[row["doc_id"]] = row
+        report.unknown_removed = [d for d in removed_ids if d not in in_service]
+        writes = []
+        for w in added:
+            old = in_service.get(w.document.doc_id)
+            d = w.document
+            if old and (old["sha256"], old["path"], old["title"]) == (d.sha256, d.path, d.title):
+                report.documents_unchanged += 1
+                continue
+            writes.append(w)
+        closing = sorted(
+            [d for d in removed_ids if d in in_service]
+            + [w.document.doc_id for w in writes if w.document.doc_id in in_service]
+        )
+        g = generation
+        # 1. close the rows of removed and changed documents (gen_to = G)
+        closed_chunk_ids: set[int] = set()
+        if closing:
+            docs = self._query_ids(
+                self.documents_name, "doc_id", closing, f"gen_to == 0 and {seen}", ["*"]
+            )
+            for row in docs:
+                row["gen_to"] = g
+            self._upsert(self.documents_name, docs)
+            report.documents_closed = len({r["doc_id"] for r in docs})
+            chunks = self._query_ids(
+                self.chunks_name, "doc_id", closing, f"gen_to == 0 and {seen}", ["*"]
+            )
+            for row in chunks:
+                row["gen_to"] = g
+                row.pop("sparse", None)
+                closed_chunk_ids.add(int(row["chunk_id"]))
+            self._upsert(self.chunks_name, chunks)
+            report.chunks_closed = len(chunks)
+            report.bytes_sent += sum(
+                4 * self.dimension + len(str(r["text"]).encode()) for r in chunks
+            )
+        # 2. insert the rows of new and changed documents (gen_from = G)
+        new_chunk_ids: set[int] = set()
+        chunk_rows: list[dict[str, Any]] = []
+        doc_rows: list[dict[str, Any]] = []
+        sentence_candidates: list[tuple[int, int, int, np.ndarray]] = []
+        for w in writes:
+            d = w.document
+            ids = [chunk_id(d.sha256, c.start, c.end) for c in w.chunks]
+            hashes = list(w.content_hashes or [content_hash(c.embed_text) for c in w.chunks])
+            for c, cid, h, vec in zip(w.chunks, ids, hashes, w.chunk_vectors, strict=True):
+                chunk_rows.append(
+                    {
+                        "pk": _row_pk("c", cid, d.doc_id, g),
+                        "chunk_id": cid,
+                        "doc_id": d.doc_id,
+                        "doc_key": nfc(d.doc_id),
+                        "path": d.path,
+                        "path_key": nfc(d.path),
+                        "start": c.start,
+                        "end": c.end,
+                        "line_start": c.line_start,
+                        "line_end": c.line_end,
+                        "page": -1 if c.page is None else c.page,
+                        "heading": c.heading,
+                        "text": c.text,
+                        "lexical": lexical_text(c.text, self.lexical_form),
+                        "vector": np.asarray(vec, dtype=np.float32).tolist(),
+                        "content_hash": h,
+                        "gen_from": g,
+                        "gen_to": 0,
+                    }
+                )
+                report.bytes_sent += 4 * self.dimension + len(c.text.encode())
+            new_chunk_ids.update(ids)
+            for (row, s, e), vec in zip(w.sentences, w.sentence_vectors, strict=True):
+                sentence_candidates.append((ids[int(row)], int(s), int(e), vec))
+            pieces = [d.text[i : i + PIECE_CHARS] for i in range(0, len(d.text), PIECE_CHARS)]
+            for n, piece in enumerate(pieces or [""]):
+                doc_rows.append(
+                    {
+                        "pk": _row_pk("d", d.doc_id, n, g),
+                        "doc_id": d.doc_id,
+                        "doc_key": nfc(d.doc_id),
+                        "path": d.path,
+                        "title": d.title if n == 0 else "",
+                        "sha256": d.sha256,
+                        "page_starts": json.dumps(list(d.page_starts)) if n == 0 else "[]",
+                        "text": piece,
+                        "piece": n,
+                        "chunks": len(w.chunks),
+                        "value": len(pieces),
+                        "gen_from": g,
+                        "gen_to": 0,
+                        "_unused": [1.0, 0.0],
+                    }
+                )
+                report.bytes_sent += len(piece.encode())
+        self._insert(self.documents_name, doc_rows)
+        self._insert(self.chunks_name, chunk_rows)
+        report.documents_written = len(writes)
+        report.chunks_written = len(chunk_rows)
+        # 3. sentences: written for chunk ids no chunk row held in the generation in
+        # service (a renamed or retitled document keeps its chunk ids and their sentences),
+        # closed for chunk ids no open chunk row holds any more
+        held_before: set[int] = set()
+        if new_chunk_ids and current:
+            held_before = {
+                int(r["chunk_id"])
+                for r in self._query_ids(
+                    self.chunks_name, "chunk_id", sorted(new_chunk_ids), seen, ["chunk_id"]
+                )
+            }
+        sentence_rows = [
+            {
+                "pk": _row_pk("s", cid, s, e, g),
+                "chunk_id": cid,
+                "start": s,
+                "end": e,
+                "vector": np.asarray(vec, dtype=np.float32).tolist(),
+                "gen_from": g,
+                "gen_to": 0,
+            }
+            for cid, s, e, vec in sentence_candidates
+            if cid not in held_before
+        ]
+        sentence_rows = list({r["pk"]: r for r in sentence_rows}.values())  # same text twice
+        self._insert(self.sentences_name, sentence_rows)
+        report.sentences_written = len(sentence_rows)
+        report.bytes_sent += len(sentence_rows) * 4 * self.dimension
+        gone = closed_chunk_ids - new_chunk_ids
+        if gone:
+            still_open = {
+                int(r["chunk_id"])
+                for r in self._query_ids(
+                    self.chunks_name, "chunk_id", sorted(gone), "gen_to == 0", ["chunk_id"]
+                )
+            }
+            gone -= still_open
+        if gone:
+            sentences = self._query_ids(
+                self.sentences_name, "chunk_id", sorted(gone), f"gen_to == 0 and {seen}", ["*"]
+            )
+            for row in sentences:
+                row["gen_to"] = g
+            self._upsert(self.sentences_name, sentences)
+            report.sentences_closed = len(sentences)
+            report.bytes_sent += len(sentences) * 4 * self.dimension
+        self.flush()
+        self._set_record(
+            g,
+            {
+                "state": "written",
+                "based_on": current,
+                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "stats": stats or {},
+                "report": {
+                    k: v for k, v in report.__dict__.items() if k not in ("unknown_removed",)
+                },
+            },
+        )
+        return report
+
+    def flush(self) -> None:
+        """Seal what was written into segments. Milvus Lite computes BM25 statistics per
+        segment, and over only the rows a filter admits while rows are still in its
+        memtable; after a flush a filtered BM25 search scores as an unfiltered one does."""
+        for name in (self.chunks_name, self.sentences_name, self.documents_name):
+            self.client.flush(name, timeout=self.timeout)
+
+    def _check_write(self, w: DocumentWrite) -> None:
+        n = len(w.chunks)
+        if w.chunk_vectors.shape != (n, self.dimension):
+            raise InvalidRequest(
+                f"{w.document.doc_id}: chunk vectors have shape {w.chunk_vectors.shape}, "
+                f"expected ({n}, {self.dimension})"
+            )
+        if w.sentence_vectors.shape != (len(w.sentences), self.dimension):
+            raise InvalidRequest(
+                f"{w.document.doc_id}: sentence vectors have shape {w.sentence_vectors.shape}, "
+                f"expected ({len(w.sentences)}, {self.dimension})"
+            )
+        if w.content_hashes is not None and len(w.content_hashes) != n:
+            raise InvalidRequest(f"{w.document.doc_id}: {len(w.content_hashes)} hashes, {n} chunks")
+        for value, what in [(w.document.doc_id, "doc id"), (w.document.path, "path")] + [
+            (c.text, "chunk text") for c in w.chunks
+        ]:
+            if len(value.encode("utf-8")) > MAX_VARCHAR_BYTES:
+                raise InvalidRequest(
+                    f"{w.document.doc_id}: a {what} of {len(value.encode())} bytes exceeds "
+                    f"Milvus's VARCHAR limit of {MAX_VARCHAR_BYTES}"
+                )
+
+    # ------------------------------------------------------------------ read
+
+    def snapshot(self, generation: int | None = None) -> MilvusSnapshot:
+        """The read side of ``generation`` (default: the one in service)."""
+        if not self.exists():
+            raise IndexNotReady(f"no index in Milvus at {self.uri} (prefix {self.prefix!r})")
+        g = self.current() if generation is None else int(generation)
+        if g <= 0:
+            raise IndexNotReady(f"no generation is in service in Milvus at {self.uri}")
+        return MilvusSnapshot(self, g)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class MilvusSnapshot:
+    """One generation, read-only; every call filters on its visibility range.
+
+    Ids are stable chunk ids (int64). Scores: cosine (dense), BM25 (lexical), best first.
+    """
+
+    def __init__(self, index: MilvusIndex, generation: int) -> None:
+        self.index = index
+        self.generation = generation
+        self._visible = visible(generation)
+        self.record = index.generations().get(generation, {})
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.record.get("stats", {})
+        return stats
+
+    def _search(
+        self, data: list[Any], field_name: str, k: int, expr: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        result = self.index.client.search(
+            self.index.chunks_name,
+            data=data,
+            anns_field=field_name,
+            limit=int(k),
+            filter=expr,
+            output_fields=["chunk_id"],
+            consistency_level="Strong",
+            timeout=self.index.timeout,
+        )
+        ids: list[int] = []
+        scores: list[float] = []
+        seen: set[int] = set()
+        for hit in result[0] if result else []:
+            cid = int(hit["entity"]["chunk_id"])
+            if cid in seen:  # the same text at two paths: one id, keep its best row
+                continue
+            seen.add(cid)
+            ids.append(cid)
+            scores.append(float(hit["distance"]))
+        return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+
+    def dense(
+        self, vector: np.ndarray, k: int, filters: FilterLike | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids (m,), cosine (m,)) of the ``k`` nearest chunks admitted by ``filters``."""
+        expr = filter_expr(self.generation, filters)
+        if expr is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        q = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+        return self._search([q], "vector", k, expr)
+
+    def _lexical_query(self, query: str) -> str:
+        return lexical_text(query, self.index.lexical_form).strip()
+
+    def lexical(
+        self, query: str, k: int, filters: FilterLike | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids (m,), BM25 score > 0 (m,)) of the best ``k`` chunks by Milvus's BM25."""
+        expr = filter_expr(self.generation, filters)
+        text = self._lexical_query(query)
+        if expr is None or not text:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        ids, scores = self._search([text], "sparse", k, expr)
+        # Milvus reports the BM25 score as the distance; Milvus Lite as its negation
+        scores = np.abs(scores)
+        keep = scores > 0
+        return ids[keep], scores[keep]
+
+    def lexical_scores(self, query: str, ids: np.ndarray) -> np.ndarray:
+        """BM25 score (float32, 0 where the chunk has no query term) of each of ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros(len(ids), dtype=np.float32)
+        text = self._lexical_query(query)
+        if not len(ids) or not text:
+            return out
+        unique = sorted({int(i) for i in ids})
+        found: dict[int, float] = {}
+        for lo in range(0, len(unique), ID_BATCH):
+            batch = unique[lo : lo + ID_BATCH]
+            expr = f"{in_expr('chunk_id', batch)} and {self._visible}"
+            got, scores = self._search([text], "sparse", len(batch), expr)
+            found.update(zip(got.tolist(), np.abs(scores).tolist(), strict=True))
+        for i, cid in enumerate(ids.tolist()):
+            out[i] = found.get(cid, 0.0)
+        return out
+
+    def _rows(self, ids: np.ndarray, fields: Sequence[str]) -> dict[int, dict[str, Any]]:
+        wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).tolist()})
+        rows = self.index._query_ids(
+            self.index.chunks_name, "chunk_id", wanted, self._visible, ["chunk_id", *fields]
+        )
+        by_id: dict[int, dict[str, Any]] = {}
+        for r in sorted(rows, key=lambda r: (r.get("doc_id", ""), r["chunk_id"])):
+            by_id.setdefault(int(r["chunk_id"]), r)
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise NotFound(
+                f"chunk ids {missing[:5]} are not in generation {self.generation} "
+                f"({len(missing)} missing)"
+            )
+        return by_id
+
+    def chunks(self, ids: np.ndarray | Sequence[int]) -> list[ChunkRow]:
+        """The chunks of ``ids``, in that order. Raises NotFound for an id not visible."""
+        fields = ["doc_id", "path", "start", "end", "line_start", "line_end", "page"]
+        by_id = self._rows(np.asarray(ids), [*fields, "heading", "text"])
+        out = []
+        for cid in np.asarray(ids, dtype=np.int64).tolist():
+            r = by_id[cid]
+            out.append(
+                ChunkRow(
+                    chunk_id=cid,
+                    doc_id=r["doc_id"],
+                    path=r["path"],
+                    start=int(r["start"]),
+                    end=int(r["end"]),
+                    line_start=int(r["line_start"]),
+                    line_end=int(r["line_end"]),
+                    page=None if int(r["page"]) < 0 else int(r["page"]),
+                    heading=r["heading"],
+                    text=r["text"],
+                )
+            )
+        return out
+
+    def chunk_vectors(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """(m, d) float32 vectors of ``ids``, in that order."""
+        arr = np.asarray(ids, dtype=np.int64)
+        if not len(arr):
+            return np.zeros((0, self.index.dimension), dtype=np.float32)
+        by_id = self._rows(arr, ["vector"])
+        return np.asarray([by_id[i]["vector"] for i in arr.tolist()], dtype=np.float32)
+
+    def sentences(
+        self, ids: np.ndarray | Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sentences of the chunks ``ids``: owner (s,) int64 index into ``ids``, spans (s, 2)
+        int64 character offsets into the document, vectors (s, d) float32; ordered by owner,
+        then start."""
+        arr = np.asarray(ids, dtype=np.int64)
+        d = self.index.dimension
+        empty = (np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros((0, d), np.float32))
+        if not len(arr):
+            return empty
+        rows = self.index._query_ids(
+            self.index.sentences_name,
+            "chunk_id",
+            sorted(set(arr.tolist())),
+            self._visible,
+            ["chunk_id", "start", "end", "vector"],
+        )
+        per_chunk: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            per_chunk.setdefault(int(r["chunk_id"]), []).append(r)
+        owners: list[int] = []
+        spans: list[tuple[int, int]] = []
+        vectors: list[list[float]] = []
+        for pos, cid in enumerate(arr.tolist()):
+            for r in sorted(per_chunk.get(cid, []), key=lambda r: (r["start"], r["end"])):
+                owners.append(pos)
+                spans.append((int(r["start"]), int(r["end"])))
+                vectors.append(r["vector"])
+        if not owners:
+            return empty
+        return (
+            np.asarray(owners, dtype=np.int64),
+            np.asarray(spans, dtype=np.int64).reshape(-1, 2),
+            np.asarray(vectors, dtype=np.float32).reshape(-1, d),
+        )
+
+    def document(self, doc_id: str) -> Document | None:
+        """The document ``doc_id`` (compared in NFC) with its whole text, or None."""
+        rows = self.index._query(
+            self.index.documents_name,
+            f"doc_key == {quote(nfc(doc_id))} and {self._visible}",
+            ["doc_id", "path", "title", "sha256", "page_starts", "text", "piece", "value"],
+        )
+        if not rows:
+            return None
+        rows.sort(key=lambda r: int(r["piece"]))
+        head = rows[0]
+        if len(rows) != int(head["value"]) or [int(r["piece"]) for r in rows] != list(
+            range(len(rows))
+        ):
+            raise NotFound(
+                f"document {doc_id!r} has {len(rows)} of {head['value']} text pieces in "
+                f"generation {self.generation}"
+            )
+        return Document(
+            doc_id=head["doc_id"],
+            path=head["path"],
+            title=head["title"],
+            text="".join(r["text"] for r in rows),
+            page_starts=tuple(json.loads(head["page_starts"])),
+            sha256=head["sha256"],
+        )
+
+    def documents(self) -> list[DocumentInfo]:
+        """A summary of every document of the generation, ordered by doc id."""
+        out = [
+            DocumentInfo(
+                doc_id=r["doc_id"],
+                path=r["path"],
+                title=r["title"],
+                sha256=r["sha256"],
+                chunks=int(r["chunks"]),
+            )
+            for r in self.index._iterate(
+                self.index.documents_name,
+                f"piece == 0 and {self._visible}",
+                ["doc_id", "path", "title", "sha256", "chunks"],
+            )
+        ]
+        return sorted(out, key=lambda d: d.doc_id)
+
+    def chunk_count(self) -> int:
+        rows = self.index._query(self.index.chunks_name, self._visible, ["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+
+__all__ = [
+    "ChunkRow",
+    "DocumentInfo",
+    "DocumentWrite",
+    "MilvusIndex",
+    "MilvusSnapshot",
+    "WriteReport",
+    "chunk_id",
+    "content_hash",
+    "filter_expr",
+    "lexical_text",
+    "prefix_expr",
+    "quote",
+    "visible",
+]

@@ -1,0 +1,483 @@
+"""The Milvus store (qa.milvus_store) against Milvus Lite: embedded (a tmp ``.db``) and its
+gRPC server started as a subprocess; vectors from the deterministic fake embedder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from qa.chunker import Chunker
+from qa.documents import Document
+from qa.errors import IndexMismatch, IndexNotReady, InvalidRequest, NotFound
+from qa.milvus_store import (
+    PIECE_CHARS,
+    DocumentWrite,
+    MilvusIndex,
+    MilvusSnapshot,
+    WriteReport,
+    chunk_id,
+    content_hash,
+    filter_expr,
+    prefix_expr,
+    quote,
+)
+from tests.fakes import FakeEmbedder
+
+DIM = 16
+EMBEDDER = FakeEmbedder(dimension=DIM)
+CHUNKER = Chunker(EMBEDDER.count_tokens, max_tokens=24, overlap_tokens=0)
+
+
+@dataclass(frozen=True)
+class F:
+    doc_ids: frozenset[str] | None = None
+    path_prefix: str | None = None
+
+
+def write_of(doc: Document) -> DocumentWrite:
+    chunked = CHUNKER.chunk(doc)
+    rows = [(i, s, e) for i, sents in enumerate(chunked.sentences) for s, e in sents]
+    sentence_texts = [doc.text[s:e] for _, s, e in rows]
+    return DocumentWrite(
+        document=doc,
+        chunks=chunked.chunks,
+        chunk_vectors=EMBEDDER.embed([c.embed_text for c in chunked.chunks]),
+        sentences=np.asarray(rows, dtype=np.int64).reshape(-1, 3),
+        sentence_vectors=EMBEDDER.embed(sentence_texts).reshape(-1, DIM),
+    )
+
+
+def doc(doc_id: str, text: str, title: str = "") -> Document:
+    return Document(doc_id=doc_id, path=doc_id, title=title or doc_id, text=text)
+
+
+NFD_NAME = unicodedata.normalize("NFD", "notes/café.md")
+G1_DOCS = [
+    doc(
+        "notes/sourdough.md",
+        "Sourdough starter is flour and water. It ferments for days.\n\n"
+        "Bake the loaf at 250 degrees in a covered pot for forty minutes.",
+    ),
+    doc(
+        "notes/b_c.md",
+        "Volcanoes erupt when magma rises. Basalt is a volcanic rock.",
+    ),
+    doc("notes/bXc.md", "Glaciers carve valleys. Moraines mark where ice stopped."),
+    doc("other/50%off.txt", "A discount coupon for tea. Green tea and oolong."),
+    doc(NFD_NAME, "Espresso crema forms from emulsified oils. Baristas tamp the grounds."),
+    doc("back\\slash/odd.txt", "Penguins huddle in winter storms."),
+]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One embedded Milvus Lite per module (each test uses its own collection prefix)."""
+    return str(tmp_path_factory.mktemp("milvus") / "store.db")
+
+
+_prefixes = iter(range(10_000))
+
+
+@pytest.fixture
+def store(db: str) -> Iterator[MilvusIndex]:
+    index = MilvusIndex(db, dimension=DIM, prefix=f"t{next(_prefixes)}")
+    yield index
+
+
+def first_generation(store: MilvusIndex, docs: list[Document] = G1_DOCS) -> MilvusSnapshot:
+    g = store.next_generation()
+    store.write_generation(g, [write_of(d) for d in docs], stats={"documents": len(docs)})
+    store.publish(g)
+    return store.snapshot()
+
+
+def ids_of(snapshot: MilvusSnapshot, doc_id: str) -> list[int]:
+    document = snapshot.document(doc_id)
+    assert document is not None
+    return [chunk_id(document.sha256, c.start, c.end) for c in CHUNKER.chunk(document).chunks]
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_chunk_id_is_the_first_eight_bytes_of_the_span_hash_without_sign() -> None:
+    digest = hashlib.sha256(b"abc:3:17").digest()
+    expected = int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    assert chunk_id("abc", 3, 17) == expected
+    assert 0 <= chunk_id("f" * 64, 0, 10**9) < 2**63
+    assert chunk_id("abc", 3, 17) != chunk_id("abc", 3, 18)
+
+
+def test_expressions_escape_quotes_and_wildcards() -> None:
+    assert quote('a"b\\c\nd') == '"a\\"b\\\\c\\nd"'
+    assert prefix_expr("path_key", "notes/") == 'path_key like "notes/%"'
+    # a LIKE metacharacter in the prefix: an exact range instead of an ambiguous pattern
+    assert prefix_expr("path_key", "a_b") == ('(path_key >= "a_b" and path_key < "a_b\U0010ffff")')
+    assert filter_expr(3, F(doc_ids=frozenset())) is None
+    expr = filter_expr(3, F(doc_ids=frozenset({'x"y'}), path_prefix="p"))
+    assert expr == (
+        '(gen_from <= 3 and (gen_to == 0 or gen_to > 3)) and doc_key in ["x\\"y"] '
+        'and path_key like "p%"'
+    )
+
+
+# --------------------------------------------------------------------------- one generation
+
+
+def test_first_generation_dense_lexical_and_reads(store: MilvusIndex) -> None:
+    snap = first_generation(store)
+    assert snap.generation == 1 and store.current() == 1
+    assert snap.stats == {"documents": len(G1_DOCS)}
+    sour = snap.document("notes/sourdough.md")
+    assert sour is not None and sour.text == G1_DOCS[0].text
+    ids = ids_of(snap, "notes/sourdough.md")
+    rows = snap.chunks(ids)
+    assert [r.chunk_id for r in rows] == ids
+    for r in rows:  # the invariant: the chunk text is the document's span
+        assert sour.text[r.start : r.end] == r.text
+        assert r.doc_id == r.path == "notes/sourdough.md"
+    vectors = snap.chunk_vectors(ids)
+    assert vectors.shape == (len(ids), DIM) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, write_of(sour).chunk_vectors, atol=1e-6)
+
+    found, cos = snap.dense(vectors[1], 3, None)
+    assert found[0] == ids[1] and cos[0] == pytest.approx(1.0, abs=1e-5)
+    assert list(cos) == sorted(cos, reverse=True) and found.dtype == np.int64
+
+    hit_ids, bm25 = snap.lexical("bake loaf covered pot", 5, None)
+    assert hit_ids[0] == ids[1] and bm25[0] > 0 and np.all(bm25 > 0)
+    assert list(bm25) == sorted(bm25, reverse=True)
+    # stems: "baking"/"loaves" do not appear but their stems do (qa's tokens)
+    assert snap.lexical("baking loaves", 5, None)[0][0] == ids[1]
+    assert len(snap.lexical("zeppelin", 5, None)[0]) == 0
+
+    scores = snap.lexical_scores("bake loaf", np.asarray([ids[0], ids[1], ids[1]]))
+    assert scores[0] == 0 and scores[1] > 0 and scores[1] == scores[2]
+    # the same BM25 as a search: statistics of the whole collection, not of the filter
+    two_terms, two_scores = snap.lexical("bake loaf", 1, None)
+    assert two_terms[0] == ids[1] and scores[1] == pytest.approx(two_scores[0], rel=1e-5)
+
+    owner, spans, svec = snap.sentences(np.asarray(ids))
+    assert len(owner) >= 2 and spans.shape == (len(owner), 2) and svec.shape == (len(owner), DIM)
+    assert list(owner) == sorted(owner)
+    for o, (s, e) in zip(owner, spans, strict=True):
+        assert rows[o].start <= s < e <= rows[o].end
+
+    summaries = snap.documents()
+    assert [d.doc_id for d in summaries] == sorted(d.doc_id for d in G1_DOCS)
+    assert all(d.chunks >= 1 for d in summaries)
+    assert snap.chunk_count() == sum(d.chunks for d in summaries)
+    with pytest.raises(NotFound):
+        snap.chunks([12345])
+
+
+def test_filters_are_pushed_down(store: MilvusIndex) -> None:
+    snap = first_generation(store)
+    query = EMBEDDER.embed(["volcanic rock glaciers tea espresso penguins"])[0]
+
+    def dense_docs(filters: F | None) -> set[str]:
+        ids, _ = snap.dense(query, 50, filters)
+        return {r.doc_id for r in snap.chunks(ids)}
+
+    def lexical_docs(q: str, filters: F | None) -> set[str]:
+        ids, _ = snap.lexical(q, 50, filters)
+        return {r.doc_id for r in snap.chunks(ids)}
+
+    everything = {d.doc_id for d in G1_DOCS}
+    assert dense_docs(None) == everything
+    assert dense_docs(F(path_prefix="notes/")) == {
+        "notes/sourdough.md",
+        "notes/b_c.md",
+        "notes/bXc.md",
+        NFD_NAME,
+    }
+    # "_" and "%" are literal characters of the prefix, not wildcards
+    assert dense_docs(F(path_prefix="notes/b_")) == {"notes/b_c.md"}
+    assert dense_docs(F(path_prefix="other/50%")) == {"other/50%off.txt"}
+    assert dense_docs(F(path_prefix="back\\")) == {"back\\slash/odd.txt"}
+    assert dense_docs(F(path_prefix="nowhere/")) == set()
+    # ids and prefixes compare in NFC, whatever form the document was named in
+    nfc_name = unicodedata.normalize("NFC", NFD_NAME)
+    assert dense_docs(F(doc_ids=frozenset({nfc_name}))) == {NFD_NAME}
+    assert dense_docs(F(path_prefix=unicodedata.normalize("NFC", "notes/caf"))) == {NFD_NAME}
+    assert dense_docs(F(doc_ids=frozenset({"notes/b_c.md", "other/50%off.txt"}))) == {
+        "notes/b_c.md",
+        "other/50%off.txt",
+    }
+    assert dense_docs(F(doc_ids=frozenset())) == set()
+    both = F(doc_ids=frozenset({"notes/b_c.md", "other/50%off.txt"}), path_prefix="notes/")
+    assert dense_docs(both) == {"notes/b_c.md"}
+
+    assert lexical_docs("tea volcanic", None) == {"other/50%off.txt", "notes/b_c.md"}
+    assert lexical_docs("tea volcanic", F(path_prefix="notes/b_")) == {"notes/b_c.md"}
+    assert lexical_docs("tea volcanic", F(doc_ids=frozenset({"other/50%off.txt"}))) == {
+        "other/50%off.txt"
+    }
+    assert lexical_docs("espresso", F(path_prefix="other/")) == set()
+
+
+def test_long_documents_are_stored_in_pieces(store: MilvusIndex) -> None:
+    text = ("Ünïcödé pieces. " * (PIECE_CHARS // 8)) + "Last sentence here."
+    assert len(text) > 2 * PIECE_CHARS
+    snap = first_generation(store, [doc("long.txt", text)])
+    got = snap.document("long.txt")
+    assert got is not None and got.text == text
+
+
+def test_bad_writes_are_refused(store: MilvusIndex, db: str) -> None:
+    first_generation(store, G1_DOCS[:1])
+    with pytest.raises(InvalidRequest, match="not above"):
+        store.write_generation(1, [])
+    w = write_of(G1_DOCS[1])
+    bad = DocumentWrite(
+        w.document, w.chunks, w.chunk_vectors[:, :3], w.sentences, w.sentence_vectors
+    )
+    with pytest.raises(InvalidRequest, match="shape"):
+        store.write_generation(store.next_generation(), [bad])
+    with pytest.raises(InvalidRequest, match="both added and removed"):
+        store.write_generation(store.next_generation(), [w], removed=[w.document.doc_id])
+    with pytest.raises(IndexMismatch):
+        MilvusIndex(db, dimension=DIM + 1, prefix=store.prefix).ensure_collections()
+    with pytest.raises(IndexNotReady):
+        MilvusIndex(db, dimension=DIM, prefix="never_written").snapshot()
+
+
+# --------------------------------------------------------------------------- generations
+
+
+def second_generation(store: MilvusIndex) -> tuple[int, WriteReport]:
+    """G2: add one, change one, delete one, rename one (same text, new id and path)."""
+    changed = doc(
+        "notes/sourdough.md",
+        "Sourdough starter is flour and water. It ferments for days.\n\n"
+        "Rye bread wants a longer proof and a cooler oven.",
+    )
+    renamed = doc("notes/rocks.md", G1_DOCS[1].text)  # was notes/b_c.md
+    added = doc("new/comets.md", "Comets grow tails near the sun. The tail points away.")
+    g = store.next_generation()
+    report = store.write_generation(
+        g,
+        [write_of(changed), write_of(renamed), write_of(added)],
+        removed=["notes/bXc.md", "notes/b_c.md", "not/there.md"],
+    )
+    return g, report
+
+
+def test_update_writes_only_what_changed_and_keeps_the_old_generation(
+    store: MilvusIndex,
+) -> None:
+    g1 = first_generation(store)
+    old_sour = ids_of(g1, "notes/sourdough.md")
+    old_rocks = ids_of(g1, "notes/b_c.md")
+    old_glacier = ids_of(g1, "notes/bXc.md")
+    unchanged = ids_of(g1, "other/50%off.txt")
+    chunk_total_before = len(
+        store._query(store.chunks_name, "gen_from >= 0", ["pk"])  # every stored row
+    )
+
+    g, report = second_generation(store)
+    assert g == 2
+    assert report.documents_written == 3
+    assert report.documents_closed == 3  # sourdough (changed), b_c.md (renamed), bXc.md
+    assert report.unknown_removed == ["not/there.md"]
+    # nothing of the unchanged documents is written again
+    stored = store._query(store.chunks_name, "gen_from >= 0", ["pk", "chunk_id", "gen_from"])
+    new_rows = [r for r in stored if r["gen_from"] == 2]
+    assert len(new_rows) == report.chunks_written
+    assert not {r["chunk_id"] for r in new_rows} & set(unchanged)
+    assert len(stored) == chunk_total_before + report.chunks_written
+    # the renamed document keeps its chunk ids and its sentences are not written again
+    comets = write_of(doc("new/comets.md", "Comets grow tails near the sun. The tail points away."))
+    sour2 = write_of(
+        doc(
+            "notes/sourdough.md",
+            "Sourdough starter is flour and water. It ferments for days.\n\n"
+            "Rye bread wants a longer proof and a cooler oven.",
+        )
+    )
+    assert report.sentences_written == len(comets.sentences) + len(sour2.sentences)
+
+    # generation 1 is not in service yet: readers still see it all
+    assert store.current() == 1
+    assert g1.document("notes/bXc.md") is not None
+    store.publish(2)
+    g2 = store.snapshot()
+    assert g2.generation == 2 and store.current() == 2
+    assert g2.document("notes/bXc.md") is None and g2.document("notes/b_c.md") is None
+    assert g2.document("notes/rocks.md") is not None
+    assert ids_of(g2, "notes/rocks.md") == old_rocks
+    assert [r.doc_id for r in g2.chunks(old_rocks)] == ["notes/rocks.md"] * len(old_rocks)
+    owner, _, _ = g2.sentences(np.asarray(old_rocks))
+    assert len(owner) > 0  # the rename kept them visible
+    with pytest.raises(NotFound):
+        g2.chunks(old_glacier)
+    gone_sour = [i for i in old_sour if i not in ids_of(g2, "notes/sourdough.md")]
+    assert gone_sour
+    with pytest.raises(NotFound):
+        g2.chunks(gone_sour)
+    assert len(g2.sentences(np.asarray(gone_sour))[0]) == 0
+    assert g2.chunks(unchanged)[0].doc_id == "other/50%off.txt"
+    assert len(g2.lexical("glaciers moraines", 5, None)[0]) == 0
+    assert len(g2.lexical("comets tail", 5, None)[0]) > 0
+    assert {r.doc_id for r in g2.chunks(g2.lexical("volcanic basalt", 5, None)[0])} == {
+        "notes/rocks.md"
+    }
+    # a request that began on generation 1 still reads generation 1
+    assert g1.chunks(old_glacier)[0].doc_id == "notes/bXc.md"
+    assert len(g1.lexical("glaciers moraines", 5, None)[0]) > 0
+    assert len(g1.lexical("comets tail", 5, None)[0]) == 0
+    assert {r.doc_id for r in g1.chunks(g1.lexical("volcanic basalt", 5, None)[0])} == {
+        "notes/b_c.md"
+    }
+    assert len(g1.sentences(np.asarray(gone_sour))[0]) > 0
+    # vectors known by content hash: reusable by the next update
+    assert store.vectors_by_content_hash(["nope"]) == {}
+    h = content_hash(comets.chunks[0].embed_text)
+    np.testing.assert_allclose(
+        store.vectors_by_content_hash([h])[h], comets.chunk_vectors[0], atol=1e-6
+    )
+
+
+def test_rollback_then_orphans_are_cleaned(store: MilvusIndex) -> None:
+    first_generation(store)
+    rows_g1 = len(store._query(store.chunks_name, "gen_from >= 0", ["pk"]))
+    second_generation(store)
+    store.publish(2)
+    assert store.rollback() == 1
+    assert store.current() == 1
+    g = store.snapshot()
+    assert g.generation == 1 and g.document("notes/bXc.md") is not None
+    assert g.document("new/comets.md") is None
+    with pytest.raises(IndexNotReady):
+        store.rollback()  # nothing older than generation 1
+    # the next write removes generation 2's rows, reopens what it closed, and never
+    # reuses its number
+    assert store.next_generation() == 3
+    report = store.write_generation(3, [write_of(doc("new/moon.md", "The moon has phases."))])
+    assert report.orphans_removed > 0
+    assert 2 not in store.generations()
+    stored = store._query(store.chunks_name, "gen_from >= 0", ["gen_from", "gen_to"])
+    assert not [r for r in stored if r["gen_from"] == 2 or r["gen_to"] == 2]
+    assert len(stored) == rows_g1 + report.chunks_written
+    store.publish(3)
+    g3 = store.snapshot()
+    assert g3.document("new/moon.md") is not None and g3.document("notes/bXc.md") is not None
+    assert g3.document("new/comets.md") is None
+
+
+def test_a_crashed_write_is_never_served_and_is_cleaned(store: MilvusIndex) -> None:
+    first_generation(store)
+    # a write that never reached publish (the process died after writing)
+    store.write_generation(2, [write_of(doc("new/ghost.md", "Ghost rows nobody sees."))])
+    assert store.current() == 1
+    snap = store.snapshot()
+    assert snap.document("new/ghost.md") is None
+    assert len(snap.lexical("ghost", 5, None)[0]) == 0
+    report = store.write_generation(3, [], removed=["notes/bXc.md"])
+    assert report.orphans_removed > 0 and report.documents_closed == 1
+    assert not store._query(store.chunks_name, "gen_from == 2", ["pk"])
+
+
+def test_prune_drops_rows_no_kept_generation_sees(store: MilvusIndex) -> None:
+    first_generation(store)
+    second_generation(store)
+    store.publish(2)
+    closed = store._query(store.chunks_name, "gen_to == 2", ["pk"])
+    assert closed
+    assert store.prune(keep=2) == 0
+    assert store.prune(keep=1) > 0
+    assert not store._query(store.chunks_name, "gen_to == 2", ["pk"])
+    assert store.snapshot().document("notes/rocks.md") is not None
+
+
+def test_a_second_client_sees_the_pointer_switch(store: MilvusIndex, db: str) -> None:
+    reader = MilvusIndex(db, dimension=DIM, prefix=store.prefix)
+    assert reader.current() == 0
+    first_generation(store)
+    assert reader.current() == 1
+    second_generation(store)
+    assert reader.current() == 1  # written, not published
+    store.publish(2)
+    assert reader.current() == 2
+    assert reader.snapshot().document("new/comets.md") is not None
+
+
+# --------------------------------------------------------------------------- gRPC server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def lite_server(tmp_path: Path) -> Iterator[str]:
+    """``milvus-lite server`` in a subprocess; ready when its port accepts connections."""
+    port = _free_port()
+    exe = Path(sys.executable).with_name("milvus-lite")
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "server",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"milvus-lite server exited with {proc.returncode}: {out}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("milvus-lite server did not open its port within 60 s")
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_two_clients_share_one_lite_grpc_server(lite_server: str) -> None:
+    writer = MilvusIndex(lite_server, dimension=DIM, prefix="shared")
+    readers = [MilvusIndex(lite_server, dimension=DIM, prefix="shared") for _ in range(2)]
+    first_generation(writer)
+    for reader in readers:
+        snap = reader.snapshot()
+        assert snap.generation == 1
+        ids, _ = snap.lexical("glaciers", 3, None)
+        assert snap.chunks(ids[:1])[0].doc_id == "notes/bXc.md"
+    g, _ = second_generation(writer)
+    writer.publish(g)
+    for reader in readers:
+        assert reader.current() == 2
+        snap = reader.snapshot()
+        assert snap.document("notes/bXc.md") is None
+        ids, _ = snap.lexical("comets", 3, F(path_prefix="new/"))
+        assert snap.chunks(ids[:1])[0].doc_id == "new/comets.md"
