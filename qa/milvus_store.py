@@ -53,6 +53,7 @@ STORE_FORMAT = 1
 MAX_VARCHAR_BYTES = 65535  # Milvus's VARCHAR limit
 PIECE_CHARS = 16000  # a document text piece: at most 4 bytes a character fits 65535 bytes
 ID_BATCH = 1000  # ids per ``in [...]`` expression
+MAX_TOPK = 16384  # Milvus's limit on a search's top k
 POINTER_PK = 0
 LEXICAL_FORMS = ("qa", "raw")
 _TOP_CODE_POINT = "\U0010ffff"
@@ -842,6 +843,10 @@ class MilvusSnapshot:
         self.record = index.generations().get(generation, {})
 
     @property
+    def built_at(self) -> str:
+        return str(self.record.get("written_at", ""))
+
+    @property
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.record.get("stats", {})
         return stats
@@ -855,7 +860,7 @@ class MilvusSnapshot:
             self.index.chunks_name,
             data=data,
             anns_field=field_name,
-            limit=int(k),
+            limit=min(int(k), MAX_TOPK),
             filter=expr,
             output_fields=["chunk_id"],
             consistency_level="Strong",

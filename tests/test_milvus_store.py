@@ -481,3 +481,54 @@ def test_two_clients_share_one_lite_grpc_server(lite_server: str) -> None:
         assert snap.document("notes/bXc.md") is None
         ids, _ = snap.lexical("comets", 3, F(path_prefix="new/"))
         assert snap.chunks(ids[:1])[0].doc_id == "new/comets.md"
+
+
+_KILLED_WRITER = """
+import sys, time
+import numpy as np
+from qa.milvus_store import MilvusIndex
+from tests.test_milvus_store import DIM, doc, write_of, second_generation
+
+store = MilvusIndex(sys.argv[1], dimension=DIM, prefix="killed")
+insert = store._insert
+
+def pausing_insert(collection, rows, batch=500):
+    insert(collection, rows, batch)
+    if collection == store.chunks_name:
+        print("paused", flush=True)  # rows of generation 2 are in Milvus, not published
+        time.sleep(3600)
+
+store._insert = pausing_insert
+second_generation(store)
+"""
+
+
+def test_sigkill_during_an_update_leaves_the_last_good_generation(lite_server: str) -> None:
+    store = MilvusIndex(lite_server, dimension=DIM, prefix="killed")
+    first_generation(store)
+    before = sorted(d.doc_id for d in store.snapshot().documents())
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, lite_server],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "paused"
+        assert store._query(store.chunks_name, "gen_from == 2", ["pk"])  # half written
+        assert store._query(store.chunks_name, "gen_to == 2", ["pk"])  # closed rows too
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert store.current() == 1
+    snap = store.snapshot()
+    assert sorted(d.doc_id for d in snap.documents()) == before
+    assert snap.document("new/comets.md") is None
+    assert {r.doc_id for r in snap.chunks(snap.lexical("glaciers", 3, None)[0])} == {"notes/bXc.md"}
+    g, report = second_generation(store)
+    assert g == 3 and report.orphans_removed > 0
+    store.publish(g)
+    assert store.snapshot().document("new/comets.md") is not None
+    assert not store._query(store.chunks_name, "gen_from == 2 or gen_to == 2", ["pk"])
