@@ -42,7 +42,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from qa.chunker import Chunker
 from qa.documents import Chunk, Document
+from qa.embedder import Embedder
 from qa.errors import IndexMismatch, IndexNotReady, InvalidRequest, NotFound
 from qa.lexical import tokenize
 from qa.normalize import nfc
@@ -215,6 +217,18 @@ class WriteReport:
     unknown_removed: list[str] = field(default_factory=list)
 
 
+@dataclass
+class UpdateReport:
+    generation: int
+    write: WriteReport
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    unchanged: int
+    embedded: int  # texts sent to the model
+    reused: int  # vectors found in the store by content hash
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -324,6 +338,7 @@ class MilvusIndex:
             s.add_field("start", DataType.INT64)
             s.add_field("end", DataType.INT64)
             s.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+            s.add_field("content_hash", DataType.VARCHAR, max_length=64)
             s.add_field("gen_from", DataType.INT64)
             s.add_field("gen_to", DataType.INT64)
             ip = self.client.prepare_index_params()
@@ -560,15 +575,21 @@ class MilvusIndex:
     # ------------------------------------------------------------------ write
 
     def vectors_by_content_hash(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-        """Chunk vectors already stored for these content hashes (any kept generation; the
-        store holds one model's vectors), so an update embeds only new texts."""
+        """Vectors already stored for these content hashes (:func:`content_hash` of the
+        text the model embedded: a chunk's ``embed_text`` or a sentence's text), from chunk
+        rows and sentence rows of any kept generation (the store holds one model's
+        vectors), so an update embeds only new texts. Hash -> (d,) float32."""
         wanted = sorted(set(hashes))
         if not wanted or not self.exists():
             return {}
-        rows = self._query_ids(
-            self.chunks_name, "content_hash", wanted, "", ["content_hash", "vector"]
-        )
-        return {r["content_hash"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+        found: dict[str, np.ndarray] = {}
+        for name in (self.chunks_name, self.sentences_name):
+            missing = [h for h in wanted if h not in found]
+            if not missing:
+                break
+            for r in self._query_ids(name, "content_hash", missing, "", ["content_hash", "vector"]):
+                found.setdefault(r["content_hash"], np.asarray(r["vector"], dtype=np.float32))
+        return found
 
     def write_generation(
         self,
@@ -667,7 +688,7 @@ class MilvusIndex:
         new_chunk_ids: set[int] = set()
         chunk_rows: list[dict[str, Any]] = []
         doc_rows: list[dict[str, Any]] = []
-        sentence_candidates: list[tuple[int, int, int, np.ndarray]] = []
+        sentence_candidates: list[tuple[int, int, int, np.ndarray, str]] = []
         for w in writes:
             d = w.document
             ids = [chunk_id(d.sha256, c.start, c.end) for c in w.chunks]
@@ -698,7 +719,7 @@ class MilvusIndex:
                 report.bytes_sent += 4 * self.dimension + len(c.text.encode())
             new_chunk_ids.update(ids)
             for (row, s, e), vec in zip(w.sentences, w.sentence_vectors, strict=True):
-                sentence_candidates.append((ids[int(row)], int(s), int(e), vec))
+                sentence_candidates.append((ids[int(row)], int(s), int(e), vec, d.text))
             pieces = [d.text[i : i + PIECE_CHARS] for i in range(0, len(d.text), PIECE_CHARS)]
             for n, piece in enumerate(pieces or [""]):
                 doc_rows.append(
@@ -742,10 +763,11 @@ class MilvusIndex:
                 "start": s,
                 "end": e,
                 "vector": np.asarray(vec, dtype=np.float32).tolist(),
+                "content_hash": content_hash(text[s:e]),
                 "gen_from": g,
                 "gen_to": 0,
             }
-            for cid, s, e, vec in sentence_candidates
+            for cid, s, e, vec, text in sentence_candidates
             if cid not in held_before
         ]
         sentence_rows = list({r["pk"]: r for r in sentence_rows}.values())  # same text twice
@@ -814,6 +836,82 @@ class MilvusIndex:
                     f"{w.document.doc_id}: a {what} of {len(value.encode())} bytes exceeds "
                     f"Milvus's VARCHAR limit of {MAX_VARCHAR_BYTES}"
                 )
+
+    def update_from_documents(
+        self,
+        documents: Sequence[Document],
+        chunker: Chunker,
+        embedder: Embedder,
+        *,
+        keep: int = 2,
+        stats: dict[str, Any] | None = None,
+    ) -> UpdateReport | None:
+        """Make the corpus ``documents`` the generation in service: documents new or
+        different from the ones in service (text, path or title) are chunked and written,
+        missing ones removed; texts whose vectors the store holds are not embedded again.
+        Publishes the new generation and prunes to ``keep``; returns None (nothing written)
+        when the corpus matches the generation in service."""
+        current = self.current()
+        before: dict[str, tuple[str, str, str]] = {}
+        if current:
+            before = {
+                d.doc_id: (d.sha256, d.path, d.title) for d in self.snapshot(current).documents()
+            }
+        now = {d.doc_id: d for d in documents}
+        if len(now) != len(documents):
+            raise InvalidRequest("two documents have the same doc id")
+        todo = [d for d in documents if before.get(d.doc_id) != (d.sha256, d.path, d.title)]
+        removed = sorted(set(before) - set(now))
+        if current and not todo and not removed:
+            return None
+        chunked = [chunker.chunk(d) for d in todo]
+        texts: list[str] = []
+        for d, c in zip(todo, chunked, strict=True):
+            texts += [chunk.embed_text for chunk in c.chunks]
+            texts += [d.text[s:e] for sents in c.sentences for s, e in sents]
+        keys = [content_hash(t) for t in texts]
+        cache = self.vectors_by_content_hash(keys)
+        reused = sum(1 for k in keys if k in cache)
+        fresh: dict[str, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k not in cache:
+                fresh.setdefault(k, t)
+        if fresh:
+            vectors = embedder.embed(list(fresh.values()))
+            cache.update(zip(fresh, np.asarray(vectors, dtype=np.float32), strict=True))
+        writes = []
+        for d, c in zip(todo, chunked, strict=True):
+            rows = [(i, s, e) for i, sents in enumerate(c.sentences) for s, e in sents]
+            chunk_keys = [content_hash(chunk.embed_text) for chunk in c.chunks]
+            sentence_keys = [content_hash(d.text[s:e]) for _, s, e in rows]
+            writes.append(
+                DocumentWrite(
+                    document=d,
+                    chunks=c.chunks,
+                    chunk_vectors=np.asarray(
+                        [cache[k] for k in chunk_keys], dtype=np.float32
+                    ).reshape(-1, self.dimension),
+                    sentences=np.asarray(rows, dtype=np.int64).reshape(-1, 3),
+                    sentence_vectors=np.asarray(
+                        [cache[k] for k in sentence_keys], dtype=np.float32
+                    ).reshape(-1, self.dimension),
+                    content_hashes=chunk_keys,
+                )
+            )
+        generation = self.next_generation()
+        report = self.write_generation(generation, writes, removed, stats)
+        self.publish(generation)
+        self.prune(keep)
+        return UpdateReport(
+            generation=generation,
+            write=report,
+            added=sorted(d.doc_id for d in todo if d.doc_id not in before),
+            changed=sorted(d.doc_id for d in todo if d.doc_id in before),
+            removed=removed,
+            unchanged=len(documents) - len(todo),
+            embedded=len(fresh),
+            reused=reused,
+        )
 
     # ------------------------------------------------------------------ read
 
@@ -1063,6 +1161,7 @@ __all__ = [
     "DocumentWrite",
     "MilvusIndex",
     "MilvusSnapshot",
+    "UpdateReport",
     "WriteReport",
     "chunk_id",
     "content_hash",

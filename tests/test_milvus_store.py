@@ -532,3 +532,38 @@ def test_sigkill_during_an_update_leaves_the_last_good_generation(lite_server: s
     store.publish(g)
     assert store.snapshot().document("new/comets.md") is not None
     assert not store._query(store.chunks_name, "gen_from == 2 or gen_to == 2", ["pk"])
+
+
+def test_update_from_documents_embeds_only_new_texts(store: MilvusIndex) -> None:
+    embedder = FakeEmbedder(dimension=DIM)
+    chunker = Chunker(embedder.count_tokens, max_tokens=24, overlap_tokens=0)
+    corpus = list(G1_DOCS)
+    first = store.update_from_documents(corpus, chunker, embedder, stats={"n": 1})
+    assert first is not None and first.generation == 1 and first.reused == 0
+    assert sorted(first.added) == sorted(d.doc_id for d in corpus)
+    assert store.update_from_documents(corpus, chunker, embedder) is None  # nothing changed
+
+    embedder.texts_embedded = 0
+    edited = doc(
+        "notes/sourdough.md",
+        G1_DOCS[0].text + "\n\nA brand new closing paragraph about rye.",
+    )
+    corpus = [edited, doc("notes/renamed.md", G1_DOCS[2].text), *G1_DOCS[3:]]
+    second = store.update_from_documents(corpus, chunker, embedder, keep=2)
+    assert second is not None and second.generation == 2 and store.current() == 2
+    assert second.changed == ["notes/sourdough.md"]
+    assert second.added == ["notes/renamed.md"]
+    assert second.removed == sorted(["notes/b_c.md", "notes/bXc.md"])
+    # only the new paragraph's chunk and sentence were embedded; the rest was reused
+    assert second.embedded == embedder.texts_embedded == 2
+    assert second.reused > 0
+    snap = store.snapshot()
+    got = snap.document("notes/sourdough.md")
+    assert got is not None and got.text == edited.text
+    ids, _ = snap.lexical("rye closing paragraph", 3, None)
+    row = snap.chunks(ids[:1])[0]
+    assert row.doc_id == "notes/sourdough.md" and got.text[row.start : row.end] == row.text
+    _, spans, vectors = snap.sentences(ids[:1])
+    np.testing.assert_allclose(
+        vectors, embedder.embed([got.text[s:e] for s, e in spans]), atol=1e-6
+    )
