@@ -48,6 +48,7 @@ from qa.embedder import Embedder
 from qa.errors import IndexMismatch, IndexNotReady, InvalidRequest, NotFound
 from qa.lexical import tokenize
 from qa.normalize import nfc
+from qa.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -1155,6 +1156,17 @@ class MilvusSnapshot:
         return int(rows[0]["count(*)"]) if rows else 0
 
 
+def milvus_index_from_settings(settings: Settings, dimension: int) -> MilvusIndex:
+    """The Milvus store the settings name (QA_MILVUS_URI, QA_MILVUS_TOKEN, QA_MILVUS_PREFIX)."""
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    return MilvusIndex(
+        settings.milvus_uri_resolved,
+        dimension=dimension,
+        token=token,
+        prefix=settings.milvus_prefix,
+    )
+
+
 __all__ = [
     "ChunkRow",
     "DocumentInfo",
@@ -1167,6 +1179,7 @@ __all__ = [
     "content_hash",
     "filter_expr",
     "lexical_text",
+    "milvus_index_from_settings",
     "prefix_expr",
     "quote",
     "visible",

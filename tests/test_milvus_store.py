@@ -567,3 +567,18 @@ def test_update_from_documents_embeds_only_new_texts(store: MilvusIndex) -> None
     np.testing.assert_allclose(
         vectors, embedder.embed([got.text[s:e] for s, e in spans]), atol=1e-6
     )
+
+
+def test_settings_name_the_store(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from qa.milvus_store import milvus_index_from_settings
+    from qa.settings import Settings
+
+    s = Settings(vector_store="milvus", index_dir=tmp_path / "index", milvus_prefix="corpus_a")
+    assert s.milvus_uri_resolved == str(tmp_path / "index" / "milvus.db")
+    store = milvus_index_from_settings(s, DIM)
+    assert store.prefix == "corpus_a" and store.uri.endswith("milvus.db")
+    assert Settings().vector_store == "faiss"
+    with pytest.raises(ValidationError, match="QA_MILVUS_PREFIX"):
+        Settings(milvus_prefix="bad-name")
