@@ -398,12 +398,19 @@ class MilvusIndex:
         values: Sequence[Any],
         extra: str,
         fields: Sequence[str],
+        bulk: bool = False,
     ) -> list[dict[str, Any]]:
+        """Rows whose ``field_name`` is one of ``values`` (and ``extra``), in batches;
+        ``bulk``: page through the results (no limit on their number; for the write side)."""
         out: list[dict[str, Any]] = []
         for lo in range(0, len(values), ID_BATCH):
             batch = values[lo : lo + ID_BATCH]
             expr = in_expr(field_name, batch)
-            out.extend(self._query(collection, f"{expr} and {extra}" if extra else expr, fields))
+            expr = f"{expr} and {extra}" if extra else expr
+            if bulk:
+                out.extend(self._iterate(collection, expr, fields))
+            else:
+                out.extend(self._query(collection, expr, fields))
         return out
 
     def _iterate(
@@ -532,11 +539,11 @@ class MilvusIndex:
         current = self.current()
         touched = 0
         for name in (self.chunks_name, self.sentences_name, self.documents_name):
-            newer = self._query(name, f"gen_from > {current}", ["pk"])
+            newer = list(self._iterate(name, f"gen_from > {current}", ["pk"]))
             if newer:
                 self.client.delete(name, ids=[int(r["pk"]) for r in newer], timeout=self.timeout)
                 touched += len(newer)
-            closed = self._query(name, f"gen_to > {current}", ["*"])
+            closed = list(self._iterate(name, f"gen_to > {current}", ["*"]))
             for row in closed:
                 row["gen_to"] = 0
                 row.pop("sparse", None)  # the BM25 function makes it again from the text
@@ -564,7 +571,7 @@ class MilvusIndex:
         oldest = kept[0]
         removed = 0
         for name in (self.chunks_name, self.sentences_name, self.documents_name):
-            dead = self._query(name, f"gen_to != 0 and gen_to <= {oldest}", ["pk"])
+            dead = list(self._iterate(name, f"gen_to != 0 and gen_to <= {oldest}", ["pk"]))
             if dead:
                 self.client.delete(name, ids=[int(r["pk"]) for r in dead], timeout=self.timeout)
                 removed += len(dead)
@@ -667,14 +674,14 @@ class MilvusIndex:
         closed_chunk_ids: set[int] = set()
         if closing:
             docs = self._query_ids(
-                self.documents_name, "doc_id", closing, f"gen_to == 0 and {seen}", ["*"]
+                self.documents_name, "doc_id", closing, f"gen_to == 0 and {seen}", ["*"], bulk=True
             )
             for row in docs:
                 row["gen_to"] = g
             self._upsert(self.documents_name, docs)
             report.documents_closed = len({r["doc_id"] for r in docs})
             chunks = self._query_ids(
-                self.chunks_name, "doc_id", closing, f"gen_to == 0 and {seen}", ["*"]
+                self.chunks_name, "doc_id", closing, f"gen_to == 0 and {seen}", ["*"], bulk=True
             )
             for row in chunks:
                 row["gen_to"] = g
@@ -786,7 +793,12 @@ class MilvusIndex:
             gone -= still_open
         if gone:
             sentences = self._query_ids(
-                self.sentences_name, "chunk_id", sorted(gone), f"gen_to == 0 and {seen}", ["*"]
+                self.sentences_name,
+                "chunk_id",
+                sorted(gone),
+                f"gen_to == 0 and {seen}",
+                ["*"],
+                bulk=True,
             )
             for row in sentences:
                 row["gen_to"] = g
