@@ -207,7 +207,7 @@ def main() -> None:
             )
             snap = store.snapshot()
             by_id = {
-                chunk_id(d.sha256, c.start, c.end): d.doc_id
+                chunk_id(d.doc_id, d.sha256, c.start, c.end): d.doc_id
                 for d, cs in zip(documents, chunked, strict=True)
                 for c in cs
             }

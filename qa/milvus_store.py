@@ -31,13 +31,16 @@ generations left (:meth:`MilvusIndex.cleanup_orphans`). Writers must be serialis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,7 +49,12 @@ from qa.chunker import Chunker
 from qa.documents import Chunk, Document
 from qa.embedder import Embedder
 from qa.errors import IndexMismatch, IndexNotReady, InvalidRequest, NotFound
-from qa.lexical import tokenize
+from qa.index.files import GenerationPayload
+from qa.index.ids import chunk_id
+from qa.index.segment import SegmentPayload
+from qa.index.snapshot import DocumentInfo, Scored, SentenceSet
+from qa.index.spec import FORMAT_VERSION, IndexSpec, check_spec
+from qa.lexical import identifiers, tokenize
 from qa.normalize import nfc
 from qa.settings import Settings
 
@@ -57,17 +65,11 @@ MAX_VARCHAR_BYTES = 65535  # Milvus's VARCHAR limit
 PIECE_CHARS = 16000  # a document text piece: at most 4 bytes a character fits 65535 bytes
 ID_BATCH = 1000  # ids per ``in [...]`` expression
 MAX_TOPK = 16384  # Milvus's limit on a search's top k
+MAX_IDENTIFIERS = 4096  # per chunk (Milvus's ARRAY capacity limit)
+MAX_IDENTIFIER_BYTES = 512
 POINTER_PK = 0
 LEXICAL_FORMS = ("qa", "raw")
 _TOP_CODE_POINT = "\U0010ffff"
-
-
-def chunk_id(doc_sha256: str, start: int, end: int) -> int:
-    """Stable id of a chunk: the first 8 bytes (big-endian) of
-    sha256(``f"{doc_sha256}:{start}:{end}"``) with the sign bit cleared, a non-negative int64.
-    The same document text and span always give the same id, in any generation."""
-    digest = hashlib.sha256(f"{doc_sha256}:{start}:{end}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _row_pk(*parts: object) -> int:
@@ -143,6 +145,12 @@ def filter_expr(generation: int, filters: FilterLike | None) -> str | None:
     return " and ".join(parts)
 
 
+def chunk_identifiers(text: str) -> list[str]:
+    """The identifiers of a chunk (qa.lexical.identifiers) that fit Milvus's ARRAY field."""
+    out = sorted(t for t in identifiers(text) if len(t.encode()) <= MAX_IDENTIFIER_BYTES)
+    return out[:MAX_IDENTIFIERS]
+
+
 def lexical_text(text: str, form: str) -> str:
     """What Milvus's BM25 analyzer is given for ``text``.
 
@@ -158,31 +166,6 @@ def lexical_text(text: str, form: str) -> str:
 
 
 # --------------------------------------------------------------------------- rows
-
-
-@dataclass(frozen=True)
-class ChunkRow:
-    """A chunk as the snapshot returns it (``text`` is ``document.text[start:end]``)."""
-
-    chunk_id: int
-    doc_id: str
-    path: str
-    start: int
-    end: int
-    line_start: int
-    line_end: int
-    page: int | None
-    heading: str
-    text: str
-
-
-@dataclass(frozen=True)
-class DocumentInfo:
-    doc_id: str
-    path: str
-    title: str
-    sha256: str
-    chunks: int
 
 
 @dataclass(frozen=True)
@@ -316,6 +299,13 @@ class MilvusIndex:
             s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
             s.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
             s.add_field("content_hash", DataType.VARCHAR, max_length=64)
+            s.add_field(
+                "identifiers",
+                DataType.ARRAY,
+                element_type=DataType.VARCHAR,
+                max_capacity=MAX_IDENTIFIERS,
+                max_length=MAX_IDENTIFIER_BYTES,
+            )
             s.add_field("gen_from", DataType.INT64)
             s.add_field("gen_to", DataType.INT64)
             s.add_function(
@@ -358,7 +348,7 @@ class MilvusIndex:
             s.add_field("pk", DataType.INT64, is_primary=True)
             for f in fields:
                 s.add_field(f, DataType.VARCHAR, max_length=MAX_VARCHAR_BYTES)
-            for f in ("piece", "chunks", "value", "gen_from", "gen_to"):
+            for f in ("piece", "chunks", "sentences", "value", "gen_from", "gen_to"):
                 s.add_field(f, DataType.INT64)
             # Milvus needs a vector field in every collection; this one is never searched
             s.add_field("_unused", DataType.FLOAT_VECTOR, dim=2)
@@ -471,6 +461,7 @@ class MilvusIndex:
             "info": json.dumps(info, ensure_ascii=False),
             "piece": 0,
             "chunks": 0,
+            "sentences": 0,
             "value": value,
             "gen_from": 0,
             "gen_to": 0,
@@ -605,6 +596,7 @@ class MilvusIndex:
         added: Sequence[DocumentWrite],
         removed: Iterable[str] = (),
         stats: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
     ) -> WriteReport:
         """Write generation ``generation`` as the one in service plus ``added`` documents
         (new, changed or renamed) minus ``removed`` doc ids, without publishing it.
@@ -612,7 +604,8 @@ class MilvusIndex:
         Only new or changed rows are written; an added document equal to the one in service
         (same text hash, path and title) is skipped. Orphans of earlier crashed or rolled-back
         writes are removed first. ``generation`` must be above every number used before
-        (:meth:`next_generation`). Raises InvalidRequest for a bad number, a document both
+        (:meth:`next_generation`). ``info`` is kept in the generation's record (model,
+        chunker, skipped files). Raises InvalidRequest for a bad number, a document both
         added and removed or added twice, mismatched vector shapes, or a text too long for a
         Milvus VARCHAR field.
         """
@@ -699,7 +692,7 @@ class MilvusIndex:
         sentence_candidates: list[tuple[int, int, int, np.ndarray, str]] = []
         for w in writes:
             d = w.document
-            ids = [chunk_id(d.sha256, c.start, c.end) for c in w.chunks]
+            ids = [chunk_id(d.doc_id, d.sha256, c.start, c.end) for c in w.chunks]
             hashes = list(w.content_hashes or [content_hash(c.embed_text) for c in w.chunks])
             for c, cid, h, vec in zip(w.chunks, ids, hashes, w.chunk_vectors, strict=True):
                 chunk_rows.append(
@@ -720,6 +713,7 @@ class MilvusIndex:
                         "lexical": lexical_text(c.text, self.lexical_form),
                         "vector": np.asarray(vec, dtype=np.float32).tolist(),
                         "content_hash": h,
+                        "identifiers": chunk_identifiers(c.text),
                         "gen_from": g,
                         "gen_to": 0,
                     }
@@ -742,6 +736,7 @@ class MilvusIndex:
                         "text": piece,
                         "piece": n,
                         "chunks": len(w.chunks),
+                        "sentences": len(w.sentences),
                         "value": len(pieces),
                         "gen_from": g,
                         "gen_to": 0,
@@ -812,6 +807,7 @@ class MilvusIndex:
                 "state": "written",
                 "based_on": current,
                 "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                **(info or {}),
                 "stats": stats or {},
                 "report": {
                     k: v for k, v in report.__dict__.items() if k not in ("unknown_removed",)
@@ -942,31 +938,95 @@ class MilvusIndex:
 
 
 class MilvusSnapshot:
-    """One generation, read-only; every call filters on its visibility range.
+    """One generation, read-only (qa.index.snapshot.Snapshot); every call filters on its
+    visibility range, so a request keeps reading the generation it started with.
 
-    Ids are stable chunk ids (int64). Scores: cosine (dense), BM25 (lexical), best first.
+    Ids are stable chunk ids (qa.index.ids). Scores: cosine (dense), BM25 (lexical), best
+    first. Holds nothing corpus-sized: every answer is a Milvus query or search.
     """
 
     def __init__(self, index: MilvusIndex, generation: int) -> None:
         self.index = index
-        self.generation = generation
+        self._generation = generation
         self._visible = visible(generation)
         self.record = index.generations().get(generation, {})
+        self.path = Path(f"milvus/{index.prefix}/gen-{generation:06d}")  # a label
+        self._size: int | None = None
+        self._documents_map: dict[str, dict[str, Any]] | None = None
+
+    # ------------------------------------------------------------------ about
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def key(self) -> str:
+        return str(self._generation)
 
     @property
     def built_at(self) -> str:
-        return str(self.record.get("written_at", ""))
+        return str(self.record.get("published_at") or self.record.get("written_at", ""))
 
     @property
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.record.get("stats", {})
         return stats
 
-    def _search(
-        self, data: list[Any], field_name: str, k: int, expr: str
-    ) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def word_pieces_per_word(self) -> float:
+        return float(self.stats.get("word_pieces_per_word", 1.0))
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The generation's record in the local manifest's shape (documents listed on first
+        use: one paged query)."""
+        if self._documents_map is None:
+            self._documents_map = {
+                d.doc_id: {
+                    "path": d.path,
+                    "sha256": d.sha256,
+                    "chunks": d.chunks,
+                    "sentences": sentences,
+                    "segment": "milvus",
+                }
+                for d, sentences in self._document_rows()
+            }
+        docs = self._documents_map
+        return {
+            "format_version": FORMAT_VERSION,
+            "generation": self._generation,
+            "built_at": self.built_at,
+            "model": self.record.get("model", {"id": "", "dimension": self.index.dimension}),
+            "chunker": self.record.get("chunker", {}),
+            "counts": {
+                "documents": len(docs),
+                "chunks": sum(int(m["chunks"]) for m in docs.values()),
+                "sentences": sum(int(m["sentences"]) for m in docs.values()),
+                "skipped": len(self.record.get("skipped", [])),
+                "segments": 0,
+            },
+            "documents": docs,
+            "skipped": self.record.get("skipped", []),
+            "stats": self.stats,
+            "store": {"kind": "milvus", "uri": self.index.uri, "prefix": self.index.prefix},
+        }
+
+    def __len__(self) -> int:
+        if self._size is None:
+            self._size = self.count(None)
+        return self._size
+
+    def count(self, filters: FilterLike | None) -> int:
+        expr = filter_expr(self._generation, filters)
+        if expr is None:
+            return 0
+        rows = self.index._query(self.index.chunks_name, expr, ["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    # ------------------------------------------------------------------ retrieval
+    def _search(self, data: list[Any], field_name: str, k: int, expr: str) -> Scored:
         if k <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            return Scored.empty()
         result = self.index.client.search(
             self.index.chunks_name,
             data=data,
@@ -979,42 +1039,33 @@ class MilvusSnapshot:
         )
         ids: list[int] = []
         scores: list[float] = []
-        seen: set[int] = set()
         for hit in result[0] if result else []:
-            cid = int(hit["entity"]["chunk_id"])
-            if cid in seen:  # the same text at two paths: one id, keep its best row
-                continue
-            seen.add(cid)
-            ids.append(cid)
+            ids.append(int(hit["entity"]["chunk_id"]))
             scores.append(float(hit["distance"]))
-        return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        return Scored(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32))
 
-    def dense(
-        self, vector: np.ndarray, k: int, filters: FilterLike | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids (m,), cosine (m,)) of the ``k`` nearest chunks admitted by ``filters``."""
-        expr = filter_expr(self.generation, filters)
+    def dense(self, vector: np.ndarray, k: int, filters: FilterLike | None) -> Scored:
+        """The ``k`` chunks nearest to ``vector`` (dim,) by cosine, within ``filters``."""
+        expr = filter_expr(self._generation, filters)
         if expr is None:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            return Scored.empty()
         q = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
         return self._search([q], "vector", k, expr)
 
     def _lexical_query(self, query: str) -> str:
         return lexical_text(query, self.index.lexical_form).strip()
 
-    def lexical(
-        self, query: str, k: int, filters: FilterLike | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids (m,), BM25 score > 0 (m,)) of the best ``k`` chunks by Milvus's BM25."""
-        expr = filter_expr(self.generation, filters)
+    def lexical(self, query: str, k: int, filters: FilterLike | None) -> Scored:
+        """The ``k`` best chunks by Milvus's BM25 (score > 0), within ``filters``."""
+        expr = filter_expr(self._generation, filters)
         text = self._lexical_query(query)
         if expr is None or not text:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        ids, scores = self._search([text], "sparse", k, expr)
+            return Scored.empty()
+        found = self._search([text], "sparse", k, expr)
         # Milvus reports the BM25 score as the distance; Milvus Lite as its negation
-        scores = np.abs(scores)
+        scores = np.abs(found.scores)
         keep = scores > 0
-        return ids[keep], scores[keep]
+        return Scored(found.ids[keep], scores[keep])
 
     def lexical_scores(self, query: str, ids: np.ndarray) -> np.ndarray:
         """BM25 score (float32, 0 where the chunk has no query term) of each of ``ids``."""
@@ -1028,68 +1079,107 @@ class MilvusSnapshot:
         for lo in range(0, len(unique), ID_BATCH):
             batch = unique[lo : lo + ID_BATCH]
             expr = f"{in_expr('chunk_id', batch)} and {self._visible}"
-            got, scores = self._search([text], "sparse", len(batch), expr)
-            found.update(zip(got.tolist(), np.abs(scores).tolist(), strict=True))
+            got = self._search([text], "sparse", len(batch), expr)
+            found.update(zip(got.ids.tolist(), np.abs(got.scores).tolist(), strict=True))
         for i, cid in enumerate(ids.tolist()):
             out[i] = found.get(cid, 0.0)
         return out
 
+    def exact(self, query: str, filters: FilterLike | None) -> Scored:
+        """Chunks holding the query's identifiers verbatim, scored as
+        qa.lexical.IdentifierIndex does: the mean over the query's identifiers found in
+        the generation of log(N / df) / log(N) for those the chunk holds (N live chunks,
+        df of them holding the identifier; both counted by Milvus)."""
+        expr = filter_expr(self._generation, filters)
+        wanted = sorted(t for t in identifiers(query) if len(t.encode()) <= MAX_IDENTIFIER_BYTES)
+        n = len(self)
+        if expr is None or not wanted or n < 2:
+            return Scored.empty()
+        df: dict[str, int] = {}
+        for token in wanted:
+            rows = self.index._query(
+                self.index.chunks_name,
+                f"array_contains(identifiers, {quote(token)}) and {self._visible}",
+                ["count(*)"],
+            )
+            count = int(rows[0]["count(*)"]) if rows else 0
+            if count:
+                df[token] = count
+        if not df:
+            return Scored.empty()
+        rarity = {t: float(np.log(n / c) / np.log(n) / len(df)) for t, c in df.items()}
+        listed = ", ".join(quote(t) for t in sorted(df))
+        rows = self.index.client.query(
+            self.index.chunks_name,
+            filter=f"array_contains_any(identifiers, [{listed}]) and {expr}",
+            output_fields=["chunk_id", "identifiers"],
+            limit=MAX_TOPK,
+            consistency_level="Strong",
+            timeout=self.index.timeout,
+        )
+        scored = [
+            (int(r["chunk_id"]), sum(rarity.get(t, 0.0) for t in r["identifiers"])) for r in rows
+        ]
+        scored = sorted((x for x in scored if x[1] > 0), key=lambda x: (-x[1], x[0]))
+        return Scored(
+            np.asarray([c for c, _ in scored], dtype=np.int64),
+            np.asarray([v for _, v in scored], dtype=np.float32),
+        )
+
+    # ------------------------------------------------------------------ contents
     def _rows(self, ids: np.ndarray, fields: Sequence[str]) -> dict[int, dict[str, Any]]:
         wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).tolist()})
         rows = self.index._query_ids(
             self.index.chunks_name, "chunk_id", wanted, self._visible, ["chunk_id", *fields]
         )
-        by_id: dict[int, dict[str, Any]] = {}
-        for r in sorted(rows, key=lambda r: (r.get("doc_id", ""), r["chunk_id"])):
-            by_id.setdefault(int(r["chunk_id"]), r)
+        by_id = {int(r["chunk_id"]): r for r in rows}
         missing = [i for i in wanted if i not in by_id]
         if missing:
-            raise NotFound(
-                f"chunk ids {missing[:5]} are not in generation {self.generation} "
+            raise KeyError(
+                f"chunk ids {missing[:5]} are not in generation {self._generation} "
                 f"({len(missing)} missing)"
             )
         return by_id
 
-    def chunks(self, ids: np.ndarray | Sequence[int]) -> list[ChunkRow]:
-        """The chunks of ``ids``, in that order. Raises NotFound for an id not visible."""
-        fields = ["doc_id", "path", "start", "end", "line_start", "line_end", "page"]
-        by_id = self._rows(np.asarray(ids), [*fields, "heading", "text"])
+    def chunks(self, ids: np.ndarray) -> list[Chunk]:
+        """The chunk of each id, in order. Raises KeyError for an id not in the generation."""
+        fields = ["doc_id", "start", "end", "line_start", "line_end", "page", "heading", "text"]
+        arr = np.asarray(ids, dtype=np.int64)
+        by_id = self._rows(arr, fields)
         out = []
-        for cid in np.asarray(ids, dtype=np.int64).tolist():
+        for cid in arr.tolist():
             r = by_id[cid]
             out.append(
-                ChunkRow(
-                    chunk_id=cid,
+                Chunk(
                     doc_id=r["doc_id"],
-                    path=r["path"],
                     start=int(r["start"]),
                     end=int(r["end"]),
+                    text=r["text"],
                     line_start=int(r["line_start"]),
                     line_end=int(r["line_end"]),
                     page=None if int(r["page"]) < 0 else int(r["page"]),
                     heading=r["heading"],
-                    text=r["text"],
                 )
             )
         return out
 
-    def chunk_vectors(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
-        """(m, d) float32 vectors of ``ids``, in that order."""
+    def chunk_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), d) float32 vectors of the chunks, in order."""
         arr = np.asarray(ids, dtype=np.int64)
         if not len(arr):
             return np.zeros((0, self.index.dimension), dtype=np.float32)
         by_id = self._rows(arr, ["vector"])
         return np.asarray([by_id[i]["vector"] for i in arr.tolist()], dtype=np.float32)
 
-    def sentences(
-        self, ids: np.ndarray | Sequence[int]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sentences of the chunks ``ids``: owner (s,) int64 index into ``ids``, spans (s, 2)
-        int64 character offsets into the document, vectors (s, d) float32; ordered by owner,
-        then start."""
+    def sentences(self, ids: np.ndarray) -> SentenceSet:
+        """Sentences of the chunks: owner (s,) int64 index into ``ids``, spans (s, 2) int64
+        document offsets, vectors (s, d) float32; a chunk's sentences adjacent, in text
+        order."""
         arr = np.asarray(ids, dtype=np.int64)
         d = self.index.dimension
-        empty = (np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros((0, d), np.float32))
+        empty = SentenceSet(
+            np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros((0, d), np.float32)
+        )
         if not len(arr):
             return empty
         rows = self.index._query_ids(
@@ -1112,7 +1202,7 @@ class MilvusSnapshot:
                 vectors.append(r["vector"])
         if not owners:
             return empty
-        return (
+        return SentenceSet(
             np.asarray(owners, dtype=np.int64),
             np.asarray(spans, dtype=np.int64).reshape(-1, 2),
             np.asarray(vectors, dtype=np.float32).reshape(-1, d),
@@ -1134,7 +1224,7 @@ class MilvusSnapshot:
         ):
             raise NotFound(
                 f"document {doc_id!r} has {len(rows)} of {head['value']} text pieces in "
-                f"generation {self.generation}"
+                f"generation {self._generation}"
             )
         return Document(
             doc_id=head["doc_id"],
@@ -1145,27 +1235,229 @@ class MilvusSnapshot:
             sha256=head["sha256"],
         )
 
-    def documents(self) -> list[DocumentInfo]:
-        """A summary of every document of the generation, ordered by doc id."""
-        out = [
-            DocumentInfo(
-                doc_id=r["doc_id"],
-                path=r["path"],
-                title=r["title"],
-                sha256=r["sha256"],
-                chunks=int(r["chunks"]),
-            )
-            for r in self.index._iterate(
-                self.index.documents_name,
-                f"piece == 0 and {self._visible}",
-                ["doc_id", "path", "title", "sha256", "chunks"],
-            )
-        ]
-        return sorted(out, key=lambda d: d.doc_id)
+    def document_info(self, doc_id: str) -> DocumentInfo | None:
+        """Title, path, hash and chunk count of a document, without its text."""
+        rows = self.index._query(
+            self.index.documents_name,
+            f"doc_id == {quote(doc_id)} and piece == 0 and {self._visible}",
+            ["doc_id", "path", "title", "sha256", "chunks"],
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return DocumentInfo(r["doc_id"], r["title"], r["path"], r["sha256"], int(r["chunks"]))
 
-    def chunk_count(self) -> int:
-        rows = self.index._query(self.index.chunks_name, self._visible, ["count(*)"])
-        return int(rows[0]["count(*)"]) if rows else 0
+    def _document_rows(self) -> list[tuple[DocumentInfo, int]]:
+        rows = self.index._iterate(
+            self.index.documents_name,
+            f"piece == 0 and {self._visible}",
+            ["doc_id", "path", "title", "sha256", "chunks", "sentences"],
+        )
+        out = [
+            (
+                DocumentInfo(r["doc_id"], r["title"], r["path"], r["sha256"], int(r["chunks"])),
+                int(r["sentences"]),
+            )
+            for r in rows
+        ]
+        return sorted(out, key=lambda x: x[0].doc_id)
+
+    def documents(self) -> list[DocumentInfo]:
+        """Every document of the generation, ordered by doc id (one paged query)."""
+        return [d for d, _ in self._document_rows()]
+
+    def known_vectors(self, doc_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Vectors of the chunks and sentences (of ``doc_ids`` only, if given) by SHA-256 of
+        the text embedded. Without ``doc_ids`` this reads every vector: prefer
+        MilvusIndex.vectors_by_content_hash for the texts an update needs."""
+        extra = self._visible
+        if doc_ids is not None:
+            wanted = sorted(set(doc_ids))
+            if not wanted:
+                return {}
+            chunk_rows = self.index._query_ids(
+                self.index.chunks_name,
+                "doc_id",
+                wanted,
+                extra,
+                ["chunk_id", "content_hash", "vector"],
+                bulk=True,
+            )
+        else:
+            chunk_rows = list(
+                self.index._iterate(
+                    self.index.chunks_name, extra, ["chunk_id", "content_hash", "vector"]
+                )
+            )
+        cache = {r["content_hash"]: np.asarray(r["vector"], np.float32) for r in chunk_rows}
+        ids = sorted({int(r["chunk_id"]) for r in chunk_rows})
+        for r in self.index._query_ids(
+            self.index.sentences_name, "chunk_id", ids, extra, ["content_hash", "vector"], bulk=True
+        ):
+            cache.setdefault(r["content_hash"], np.asarray(r["vector"], np.float32))
+        return cache
+
+    # ------------------------------------------------------------------ for the builder
+    @property
+    def dead_chunks(self) -> int:
+        """Rows of closed documents are not dead weight here (prune removes them)."""
+        return 0
+
+    @property
+    def segment_checksums(self) -> dict[str, str]:
+        return {}
+
+    def export(self, doc_ids: Iterable[str]) -> SegmentPayload:
+        """Chunks, vectors and sentences of some documents as a segment payload (what the
+        builder copies when it compacts; written again, Milvus skips them as unchanged)."""
+        docs = [d for d in (self.document(i) for i in sorted(set(doc_ids))) if d is not None]
+        chunks: list[Chunk] = []
+        ids: list[int] = []
+        for d in docs:
+            rows = self.index._query_ids(
+                self.index.chunks_name, "doc_id", [d.doc_id], self._visible, ["chunk_id", "start"],
+                bulk=True,
+            )  # fmt: skip
+            doc_ids_sorted = [int(r["chunk_id"]) for r in sorted(rows, key=lambda r: r["start"])]
+            ids += doc_ids_sorted
+            chunks += self.chunks(np.asarray(doc_ids_sorted, dtype=np.int64))
+        arr = np.asarray(ids, dtype=np.int64)
+        sents = self.sentences(arr)
+        return SegmentPayload(
+            documents=docs,
+            chunks=chunks,
+            chunk_ids=arr,
+            chunk_vectors=self.chunk_vectors(arr).reshape(-1, self.index.dimension),
+            sentences=np.column_stack([sents.owner, sents.spans]).astype(np.int64).reshape(-1, 3),
+            sentence_vectors=sents.vectors,
+            dimension=self.index.dimension,
+        )
+
+
+class MilvusStore:
+    """Generations in Milvus, the store behind ``QA_VECTOR_STORE=milvus``: the interface of
+    qa.index.local.LocalIndexStore (lock, current_key, load, write, rollback).
+
+    The dimension is learned from the first write (or the generation in service).
+    """
+
+    def __init__(
+        self, uri: str, *, token: str = "", prefix: str = "qa", keep: int = 2, timeout: float = 30
+    ) -> None:
+        self.uri = uri
+        self.token = token
+        self.prefix = prefix
+        self.keep = keep
+        self.timeout = timeout
+        self._index: MilvusIndex | None = None
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return f"{self.uri} (collections {self.prefix}_*)"
+
+    def index(self, dimension: int = 0) -> MilvusIndex:
+        """The MilvusIndex (its dimension from the argument or the generation in service)."""
+        if self._index is None or (dimension and self._index.dimension != dimension):
+            probe = self._index or MilvusIndex(
+                self.uri, dimension=dimension, token=self.token, prefix=self.prefix,
+                timeout=self.timeout,
+            )  # fmt: skip
+            if not dimension:
+                current = probe.current()
+                dimension = int(
+                    probe.generations().get(current, {}).get("model", {}).get("dimension", 0)
+                )
+            probe.dimension = dimension
+            self._index = probe
+        return self._index
+
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool = False) -> Iterator[None]:
+        """Serialises writers of this process. Milvus has no compare-and-set: run one
+        writing process (``qa index`` or one server with updates) per store."""
+        if not self._lock.acquire(blocking=wait):
+            from qa.errors import IndexBusy
+
+            raise IndexBusy(f"another build or update of {self} is running; try again")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def current_key(self) -> str | None:
+        """The generation in service, as a key (one point query), None if none."""
+        current = self.index().current()
+        return str(current) if current else None
+
+    def load(self, spec: IndexSpec | None = None) -> MilvusSnapshot:
+        index = self.index()
+        snapshot = index.snapshot()
+        if spec is not None:
+            built = {
+                "model": snapshot.record.get("model", {"id": "(not recorded)"}),
+                "chunker": snapshot.record.get("chunker"),
+            }
+            check_spec(built, spec, str(self))
+        return snapshot
+
+    def write(self, payload: GenerationPayload) -> Path:
+        """Write the payload's new and changed documents as a new generation, remove the
+        documents it no longer lists, publish it and prune to ``keep``. Returns a label
+        path ending in gen-NNNNNN."""
+        index = self.index(payload.dimension)
+        writes: list[DocumentWrite] = []
+        seg = payload.segment
+        if seg is not None:
+            rows_of: dict[str, list[int]] = {}
+            for row, c in enumerate(seg.chunks):
+                rows_of.setdefault(c.doc_id, []).append(row)
+            for d in seg.documents:
+                rows = rows_of.get(d.doc_id, [])
+                position = {r: i for i, r in enumerate(rows)}
+                picked = [i for i, (r, _, _) in enumerate(seg.sentences) if int(r) in position]
+                sentences = np.asarray(
+                    [(position[int(seg.sentences[i][0])], *seg.sentences[i][1:]) for i in picked],
+                    dtype=np.int64,
+                ).reshape(-1, 3)
+                writes.append(
+                    DocumentWrite(
+                        document=d,
+                        chunks=[seg.chunks[r] for r in rows],
+                        chunk_vectors=seg.chunk_vectors[rows].reshape(-1, payload.dimension),
+                        sentences=sentences,
+                        sentence_vectors=seg.sentence_vectors[picked].reshape(
+                            -1, payload.dimension
+                        ),
+                    )
+                )
+        current = index.current()
+        before = {d.doc_id for d in index.snapshot(current).documents()} if current else set()
+        written = {w.document.doc_id for w in writes}
+        removed = sorted(before - set(payload.documents) - written)
+        generation = index.next_generation()
+        index.write_generation(
+            generation,
+            writes,
+            removed,
+            payload.stats,
+            info={
+                "model": {"id": payload.spec.model_id, "dimension": payload.dimension},
+                "chunker": payload.spec.chunker_settings(),
+                "skipped": payload.skipped,
+            },
+        )
+        index.publish(generation)
+        index.prune(self.keep)
+        return Path(f"milvus/{self.prefix}/gen-{generation:06d}")
+
+    def rollback(self, spec: IndexSpec | None = None) -> None:
+        index = self.index()
+        target = index.rollback()
+        if spec is not None:
+            check_spec(index.generations().get(target, {}), spec, str(self))
+
+    def collect_garbage(self) -> None:
+        self.index().cleanup_orphans()
 
 
 def milvus_index_from_settings(settings: Settings, dimension: int) -> MilvusIndex:
@@ -1180,11 +1472,10 @@ def milvus_index_from_settings(settings: Settings, dimension: int) -> MilvusInde
 
 
 __all__ = [
-    "ChunkRow",
-    "DocumentInfo",
     "DocumentWrite",
     "MilvusIndex",
     "MilvusSnapshot",
+    "MilvusStore",
     "UpdateReport",
     "WriteReport",
     "chunk_id",

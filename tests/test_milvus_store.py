@@ -3,7 +3,6 @@ gRPC server started as a subprocess; vectors from the deterministic fake embedde
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -22,7 +21,7 @@ pytest.importorskip("milvus_lite")
 
 from qa.chunker import Chunker
 from qa.documents import Document
-from qa.errors import IndexMismatch, IndexNotReady, InvalidRequest, NotFound
+from qa.errors import IndexMismatch, IndexNotReady, InvalidRequest
 from qa.milvus_store import (
     PIECE_CHARS,
     DocumentWrite,
@@ -108,18 +107,13 @@ def first_generation(store: MilvusIndex, docs: list[Document] = G1_DOCS) -> Milv
 def ids_of(snapshot: MilvusSnapshot, doc_id: str) -> list[int]:
     document = snapshot.document(doc_id)
     assert document is not None
-    return [chunk_id(document.sha256, c.start, c.end) for c in CHUNKER.chunk(document).chunks]
+    return [
+        chunk_id(document.doc_id, document.sha256, c.start, c.end)
+        for c in CHUNKER.chunk(document).chunks
+    ]
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def test_chunk_id_is_the_first_eight_bytes_of_the_span_hash_without_sign() -> None:
-    digest = hashlib.sha256(b"abc:3:17").digest()
-    expected = int.from_bytes(digest[:8], "big") & (2**63 - 1)
-    assert chunk_id("abc", 3, 17) == expected
-    assert 0 <= chunk_id("f" * 64, 0, 10**9) < 2**63
-    assert chunk_id("abc", 3, 17) != chunk_id("abc", 3, 18)
 
 
 def test_expressions_escape_quotes_and_wildcards() -> None:
@@ -145,11 +139,13 @@ def test_first_generation_dense_lexical_and_reads(store: MilvusIndex) -> None:
     sour = snap.document("notes/sourdough.md")
     assert sour is not None and sour.text == G1_DOCS[0].text
     ids = ids_of(snap, "notes/sourdough.md")
-    rows = snap.chunks(ids)
-    assert [r.chunk_id for r in rows] == ids
+    rows = snap.chunks(np.asarray(ids))
+    assert [(r.start, r.end) for r in rows] == [
+        (c.start, c.end) for c in CHUNKER.chunk(sour).chunks
+    ]
     for r in rows:  # the invariant: the chunk text is the document's span
         assert sour.text[r.start : r.end] == r.text
-        assert r.doc_id == r.path == "notes/sourdough.md"
+        assert r.doc_id == "notes/sourdough.md"
     vectors = snap.chunk_vectors(ids)
     assert vectors.shape == (len(ids), DIM) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, write_of(sour).chunk_vectors, atol=1e-6)
@@ -180,9 +176,14 @@ def test_first_generation_dense_lexical_and_reads(store: MilvusIndex) -> None:
     summaries = snap.documents()
     assert [d.doc_id for d in summaries] == sorted(d.doc_id for d in G1_DOCS)
     assert all(d.chunks >= 1 for d in summaries)
-    assert snap.chunk_count() == sum(d.chunks for d in summaries)
-    with pytest.raises(NotFound):
-        snap.chunks([12345])
+    assert len(snap) == snap.count(None) == sum(d.chunks for d in summaries)
+    assert snap.count(F(path_prefix="notes/")) == sum(
+        d.chunks for d in summaries if d.path.startswith("notes/")
+    )
+    info = snap.document_info("notes/sourdough.md")
+    assert info is not None and info.chunks == len(ids) and info.sha256 == sour.sha256
+    with pytest.raises(KeyError):
+        snap.chunks(np.asarray([12345]))
 
 
 def test_filters_are_pushed_down(store: MilvusIndex) -> None:
@@ -300,7 +301,6 @@ def test_update_writes_only_what_changed_and_keeps_the_old_generation(
     assert len(new_rows) == report.chunks_written
     assert not {r["chunk_id"] for r in new_rows} & set(unchanged)
     assert len(stored) == chunk_total_before + report.chunks_written
-    # the renamed document keeps its chunk ids and its sentences are not written again
     comets = write_of(doc("new/comets.md", "Comets grow tails near the sun. The tail points away."))
     sour2 = write_of(
         doc(
@@ -309,7 +309,10 @@ def test_update_writes_only_what_changed_and_keeps_the_old_generation(
             "Rye bread wants a longer proof and a cooler oven.",
         )
     )
-    assert report.sentences_written == len(comets.sentences) + len(sour2.sentences)
+    rocks = write_of(doc("notes/rocks.md", G1_DOCS[1].text))
+    assert report.sentences_written == len(comets.sentences) + len(sour2.sentences) + len(
+        rocks.sentences
+    )
 
     # generation 1 is not in service yet: readers still see it all
     assert store.current() == 1
@@ -319,15 +322,19 @@ def test_update_writes_only_what_changed_and_keeps_the_old_generation(
     assert g2.generation == 2 and store.current() == 2
     assert g2.document("notes/bXc.md") is None and g2.document("notes/b_c.md") is None
     assert g2.document("notes/rocks.md") is not None
-    assert ids_of(g2, "notes/rocks.md") == old_rocks
-    assert [r.doc_id for r in g2.chunks(old_rocks)] == ["notes/rocks.md"] * len(old_rocks)
-    owner, _, _ = g2.sentences(np.asarray(old_rocks))
-    assert len(owner) > 0  # the rename kept them visible
-    with pytest.raises(NotFound):
+    new_rocks = ids_of(g2, "notes/rocks.md")  # ids name the document: new ones
+    assert not set(new_rocks) & set(old_rocks)
+    assert [r.doc_id for r in g2.chunks(np.asarray(new_rocks))] == ["notes/rocks.md"] * len(
+        new_rocks
+    )
+    with pytest.raises(KeyError):
+        g2.chunks(np.asarray(old_rocks))
+    assert len(g2.sentences(np.asarray(new_rocks)).owner) > 0
+    with pytest.raises(KeyError):
         g2.chunks(old_glacier)
     gone_sour = [i for i in old_sour if i not in ids_of(g2, "notes/sourdough.md")]
     assert gone_sour
-    with pytest.raises(NotFound):
+    with pytest.raises(KeyError):
         g2.chunks(gone_sour)
     assert len(g2.sentences(np.asarray(gone_sour))[0]) == 0
     assert g2.chunks(unchanged)[0].doc_id == "other/50%off.txt"
