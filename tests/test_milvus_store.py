@@ -589,3 +589,96 @@ def test_settings_name_the_store(tmp_path: Path) -> None:
     assert Settings().vector_store == "faiss"
     with pytest.raises(ValidationError, match="QA_MILVUS_PREFIX"):
         Settings(milvus_prefix="bad-name")
+
+
+# --------------------------------------------------------------------------- through the engine
+
+
+def _milvus_settings(settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return settings.model_copy(
+        update={
+            "vector_store": "milvus",
+            "milvus_uri": str(tmp_path / "engine.db"),
+            "milvus_prefix": "engine",
+        }
+    )
+
+
+def test_the_engine_answers_from_milvus_as_from_the_local_store(
+    settings, engine, fake_embedder, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """The default article's questions (eval/nato) get the same top 3 passages from both
+    stores (fake embedder); the citation offsets point into the document text."""
+    import json as _json
+
+    from qa.assemble import spec_from_settings, store_from_settings
+    from qa.builder import build_index
+    from qa.engine import Engine
+    from qa.milvus_store import MilvusStore
+
+    ms = _milvus_settings(settings, tmp_path)
+    store = store_from_settings(ms)
+    assert isinstance(store, MilvusStore)
+    report = build_index(corpus_dir, store, fake_embedder, spec_from_settings(ms))
+    assert report.generation == 1 and report.chunks == len(engine.data)
+    milvus = Engine(ms, embedder=fake_embedder)
+    milvus.load()
+    assert milvus.data.key == "1" and len(milvus.data) == len(engine.data)
+    root = Path(__file__).resolve().parent.parent
+    questions = [
+        _json.loads(line)["question"]
+        for line in (root / "eval" / "nato" / "questions.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    compared = 0
+    for question in questions:
+        local = engine.ask(question, top_k=3)
+        compared += len(local.passages)
+        remote = milvus.ask(question, top_k=3)
+        key = [(p.citation.doc_id, p.citation.start, p.citation.end) for p in local.passages]
+        assert [
+            (p.citation.doc_id, p.citation.start, p.citation.end) for p in remote.passages
+        ] == key, question
+        for p in remote.passages:
+            doc = milvus.data.document(p.citation.doc_id)
+            assert doc is not None and doc.text[p.citation.start : p.citation.end] == p.text
+        assert [round(p.score, 4) for p in remote.passages] == [
+            round(p.score, 4) for p in local.passages
+        ]
+        assert [p.highlight for p in remote.passages] == [p.highlight for p in local.passages]
+    assert compared == 3 * len(questions) == 72
+
+
+def test_an_update_through_the_builder_reaches_a_second_engine(
+    settings, fake_embedder, corpus_dir: Path, tmp_path: Path
+) -> None:
+    from qa.assemble import spec_from_settings, store_from_settings
+    from qa.builder import build_index
+    from qa.engine import Engine
+
+    ms = _milvus_settings(settings, tmp_path)
+    spec = spec_from_settings(ms)
+    build_index(corpus_dir, store_from_settings(ms), fake_embedder, spec)
+    server_a, server_b = Engine(ms, embedder=fake_embedder), Engine(ms, embedder=fake_embedder)
+    server_a.load()
+    server_b.load()
+    assert not server_b.reload_if_changed()
+    note = corpus_dir / "notes" / "kiln.md"
+    note.write_text("# Kilns\n\nA pottery kiln fires clay at 1200 degrees.\n", encoding="utf-8")
+    (corpus_dir / "notes" / "baking.md").unlink()
+    fake_embedder.texts_embedded = 0
+    report = build_index(corpus_dir, store_from_settings(ms), fake_embedder, spec)
+    assert report.generation == 2 and report.added == ["notes/kiln.md"]
+    assert report.removed == ["notes/baking.md"]
+    assert fake_embedder.texts_embedded <= 3  # the new note only (chunk and sentence texts)
+    pinned = server_b.data  # a request in flight keeps generation 1
+    assert server_b.reload_if_changed() and server_b.data.key == "2"
+    answer = server_b.ask("At what temperature does a kiln fire clay?", top_k=1)
+    assert answer.passages[0].citation.doc_id == "notes/kiln.md"
+    assert pinned.document("notes/baking.md") is not None
+    assert server_b.data.document("notes/baking.md") is None
+    store = store_from_settings(ms)
+    store.rollback(spec)
+    assert not server_a.reload_if_changed() and server_a.data.key == "1"  # never left it
+    assert server_b.reload_if_changed() and server_b.data.key == "1"
+    assert server_b.data.document("notes/baking.md") is not None
