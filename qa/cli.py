@@ -424,7 +424,10 @@ def serve(
 
     settings = _settings(ctx)
     with _errors():
-        if build:
+        if build and settings.vector_store == "milvus":
+            # the store says what it holds; nothing is written when the corpus matches it
+            _print_report(run_build(settings, skip_if_unchanged=True, wait=True))
+        elif build:
             state, why = index_freshness(
                 Path(settings.corpus_dir),
                 Path(settings.index_dir),

@@ -663,22 +663,32 @@ def test_an_update_through_the_builder_reaches_a_second_engine(
     server_a.load()
     server_b.load()
     assert not server_b.reload_if_changed()
+    # generation 2 adds a note (the rest is kept where it is)
     note = corpus_dir / "notes" / "kiln.md"
     note.write_text("# Kilns\n\nA pottery kiln fires clay at 1200 degrees.\n", encoding="utf-8")
-    (corpus_dir / "notes" / "baking.md").unlink()
     fake_embedder.texts_embedded = 0
-    report = build_index(corpus_dir, store_from_settings(ms), fake_embedder, spec)
+    report = build_index(
+        corpus_dir, store_from_settings(ms), fake_embedder, spec, skip_if_unchanged=True
+    )
     assert report.generation == 2 and report.added == ["notes/kiln.md"]
-    assert report.removed == ["notes/baking.md"]
     assert fake_embedder.texts_embedded <= 3  # the new note only (chunk and sentence texts)
     pinned = server_b.data  # a request in flight keeps generation 1
     assert server_b.reload_if_changed() and server_b.data.key == "2"
     answer = server_b.ask("At what temperature does a kiln fire clay?", top_k=1)
     assert answer.passages[0].citation.doc_id == "notes/kiln.md"
-    assert pinned.document("notes/baking.md") is not None
-    assert server_b.data.document("notes/baking.md") is None
+    assert pinned.document("notes/kiln.md") is None
+    # nothing changed: nothing written
+    again = build_index(
+        corpus_dir, store_from_settings(ms), fake_embedder, spec, skip_if_unchanged=True
+    )
+    assert again.up_to_date and again.generation == 2
+    # generation 3 removes a note
+    (corpus_dir / "notes" / "baking.md").unlink()
+    report = build_index(corpus_dir, store_from_settings(ms), fake_embedder, spec)
+    assert report.generation == 3 and report.removed == ["notes/baking.md"]
+    assert server_b.reload_if_changed() and server_b.data.document("notes/baking.md") is None
+    assert server_b.data.document("notes/kiln.md") is not None
     store = store_from_settings(ms)
     store.rollback(spec)
-    assert not server_a.reload_if_changed() and server_a.data.key == "1"  # never left it
-    assert server_b.reload_if_changed() and server_b.data.key == "1"
-    assert server_b.data.document("notes/baking.md") is not None
+    assert server_a.reload_if_changed() and server_a.data.key == "2"
+    assert server_a.data.document("notes/baking.md") is not None
