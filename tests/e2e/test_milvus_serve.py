@@ -76,10 +76,11 @@ def test_two_servers_on_one_milvus_switch_together(tmp_path: Path, milvus_uri: s
         while len(switched) < len(urls) and time.monotonic() - published < RELOAD + 10:
             for url in urls:
                 if url not in switched:
+                    sent = time.monotonic()  # the server had switched when this was sent
                     body = ask(url, "At what temperature does a kiln fire stoneware?")
                     if body["index"]["generation"] == 2:
                         assert body["passages"][0]["citation"]["doc_id"] == "kilns.md"
-                        switched[url] = time.monotonic() - published
+                        switched[url] = sent - published
             time.sleep(0.05)
         stop_load.set()
         for t in threads:
