@@ -1452,10 +1452,17 @@ class MilvusStore:
         return Path(f"milvus/{self.prefix}/gen-{generation:06d}")
 
     def rollback(self, spec: IndexSpec | None = None) -> None:
+        """Put the previous published generation back in service, after checking that it
+        was built with ``spec``. Raises IndexNotReady (none kept) or IndexMismatch."""
         index = self.index()
-        target = index.rollback()
-        if spec is not None:
-            check_spec(index.generations().get(target, {}), spec, str(self))
+        current = index.current()
+        records = index.generations()
+        older = [g for g, r in records.items() if g < current and r.get("state") == "published"]
+        if spec is not None and older:
+            record = records[max(older)]
+            built = {"model": record.get("model", {"id": "(not recorded)"}), **record}
+            check_spec({**built, "chunker": record.get("chunker")}, spec, str(self))
+        index.rollback()
 
     def collect_garbage(self) -> None:
         self.index().cleanup_orphans()
