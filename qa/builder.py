@@ -175,7 +175,7 @@ def _merge(a: SegmentPayload, b: SegmentPayload) -> SegmentPayload:
 STAMP_SLACK_NS = 2_000_000_000
 
 
-def _stamps(previous: LocalSnapshot | None) -> tuple[dict[str, FileStamp], int]:
+def _stamps(previous: LocalSnapshot | MilvusSnapshot | None) -> tuple[dict[str, FileStamp], int]:
     """The file stamps of the generation in service and the time before which they are
     trusted (qa.loaders.load_corpus)."""
     if previous is None:

@@ -257,10 +257,14 @@ class MilvusIndex:
         self.prefix = prefix
         self.lexical_form = lexical_form
         self.timeout = timeout
-        try:
-            self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
-        except MilvusException as exc:
-            raise IndexNotReady(f"cannot reach Milvus at {uri}: {exc}") from exc
+        for attempt in range(3):  # a busy machine can miss the channel's ready deadline
+            try:
+                self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
+                break
+            except MilvusException as exc:
+                if attempt == 2:
+                    raise IndexNotReady(f"cannot reach Milvus at {uri}: {exc}") from exc
+                log.warning("Milvus at %s not reachable (%s); trying again", uri, exc)
         self.chunks_name = f"{prefix}_chunks"
         self.sentences_name = f"{prefix}_sentences"
         self.documents_name = f"{prefix}_documents"
@@ -484,6 +488,18 @@ class MilvusIndex:
         return {int(r["value"]): json.loads(r["info"]) for r in rows}
 
     def _set_record(self, generation: int, info: dict[str, Any]) -> None:
+        """Store a generation's record (one JSON VARCHAR): a long list of skipped files is
+        cut to what fits, with the number left out. File stamps (``sources``) are not kept:
+        with this store an update reads every corpus file."""
+        info = dict(info)
+        skipped = list(info.get("skipped", []))
+        total = len(skipped)
+        while len(json.dumps(info, ensure_ascii=False).encode()) > MAX_VARCHAR_BYTES - 512:
+            if not skipped:
+                raise InvalidRequest(f"the record of generation {generation} is too large")
+            skipped = skipped[: len(skipped) // 2]
+            info["skipped"] = skipped
+            info["skipped_left_out"] = total - len(skipped)
         self._upsert(self.meta_name, [self._meta_row(generation, "generation", generation, info)])
 
     def publish(self, generation: int) -> None:

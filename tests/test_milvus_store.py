@@ -692,3 +692,13 @@ def test_an_update_through_the_builder_reaches_a_second_engine(
     store.rollback(spec)
     assert server_a.reload_if_changed() and server_a.data.key == "2"
     assert server_a.data.document("notes/baking.md") is not None
+
+
+def test_a_long_list_of_skipped_files_is_cut_to_fit_the_record(store: MilvusIndex) -> None:
+    skipped = [{"path": f"broken/{i:05d}.pdf", "reason": "not a PDF " * 5} for i in range(3000)]
+    g = store.next_generation()
+    store.write_generation(g, [write_of(G1_DOCS[0])], info={"skipped": skipped})
+    record = store.generations()[g]
+    assert 0 < len(record["skipped"]) < len(skipped)
+    assert record["skipped_left_out"] == len(skipped) - len(record["skipped"])
+    assert record["skipped"] == skipped[: len(record["skipped"])]
