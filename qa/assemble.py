@@ -5,12 +5,16 @@ tests all build through it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qa.chunker import Chunker
 from qa.embedder import Embedder, get_embedder
 from qa.index.local import LocalIndexStore
 from qa.index.spec import IndexSpec
 from qa.settings import Settings
+
+if TYPE_CHECKING:
+    from qa.milvus_store import MilvusStore
 
 
 def spec_from_settings(settings: Settings) -> IndexSpec:
@@ -42,6 +46,17 @@ def chunker_for(spec: IndexSpec, embedder: Embedder) -> Chunker:
     return Chunker(embedder.count_tokens, max_tokens, overlap)
 
 
-def store_from_settings(settings: Settings) -> LocalIndexStore:
-    """The index store: the local folder QA_INDEX_DIR, keeping QA_KEEP_GENERATIONS."""
+def store_from_settings(settings: Settings) -> LocalIndexStore | MilvusStore:
+    """The index store, keeping QA_KEEP_GENERATIONS: the local folder QA_INDEX_DIR, or with
+    QA_VECTOR_STORE=milvus the Milvus database at QA_MILVUS_URI (qa.milvus_store)."""
+    if settings.vector_store == "milvus":
+        from qa.milvus_store import MilvusStore
+
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        return MilvusStore(
+            settings.milvus_uri_resolved,
+            token=token,
+            prefix=settings.milvus_prefix,
+            keep=settings.keep_generations,
+        )
     return LocalIndexStore(Path(settings.index_dir), settings.keep_generations)

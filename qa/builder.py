@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from qa.index.publish import checkpoint
 from qa.index.segment import SegmentPayload
 from qa.index.spec import IndexSpec
 from qa.loaders import FileStamp, LoadReport, load_corpus
+
+if TYPE_CHECKING:
+    from qa.milvus_store import MilvusSnapshot, MilvusStore
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,7 @@ def _merge(a: SegmentPayload, b: SegmentPayload) -> SegmentPayload:
 STAMP_SLACK_NS = 2_000_000_000
 
 
-def _stamps(previous: LocalSnapshot | None) -> tuple[dict[str, FileStamp], int]:
+def _stamps(previous: LocalSnapshot | MilvusSnapshot | None) -> tuple[dict[str, FileStamp], int]:
     """The file stamps of the generation in service and the time before which they are
     trusted (qa.loaders.load_corpus)."""
     if previous is None:
@@ -184,7 +187,7 @@ def _stamps(previous: LocalSnapshot | None) -> tuple[dict[str, FileStamp], int]:
 
 def build_index(
     corpus_dir: Path,
-    index: Path | LocalIndexStore,
+    index: Path | LocalIndexStore | MilvusStore,
     embedder: Embedder,
     spec: IndexSpec,
     *,
@@ -210,11 +213,9 @@ def build_index(
     if loaded is None and not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
     began = time.perf_counter()
-    store = (
-        index if isinstance(index, LocalIndexStore) else LocalIndexStore(index, keep_generations)
-    )
+    store = index if not isinstance(index, Path) else LocalIndexStore(index, keep_generations)
     with store.lock(wait=wait):
-        previous: LocalSnapshot | None = None
+        previous: LocalSnapshot | MilvusSnapshot | None = None
         if reuse:
             try:
                 previous = store.load(spec)

@@ -133,7 +133,7 @@ def run_build(
     skip_if_unchanged: bool = False,
     wait: bool = False,
 ) -> BuildReport:
-    from qa.assemble import embedder_from_settings, spec_from_settings
+    from qa.assemble import embedder_from_settings, spec_from_settings, store_from_settings
     from qa.builder import build_index
     from qa.extraction import CorpusLimits
 
@@ -141,7 +141,7 @@ def run_build(
     with progress:
         return build_index(
             Path(settings.corpus_dir),
-            Path(settings.index_dir),
+            store_from_settings(settings),  # the folder QA_INDEX_DIR, or Milvus
             embedder_from_settings(settings),
             spec_from_settings(settings),
             keep_generations=settings.keep_generations,
@@ -215,13 +215,18 @@ def index_update(
 @index_app.command("rollback")
 def index_rollback(ctx: typer.Context) -> None:
     """Put the previous index generation back in service."""
-    from qa.assemble import spec_from_settings
+    from qa.assemble import spec_from_settings, store_from_settings
     from qa.index import rollback
 
     settings = _settings(ctx)
     with _errors():
-        target = rollback(Path(settings.index_dir), spec_from_settings(settings))
-    console.print(f"[green]rolled back[/green]: {target.name} is in service")
+        if settings.vector_store == "milvus":
+            store = store_from_settings(settings)
+            store.rollback(spec_from_settings(settings))
+            name = f"generation {store.current_key()} of {store}"
+        else:
+            name = rollback(Path(settings.index_dir), spec_from_settings(settings)).name
+    console.print(f"[green]rolled back[/green]: {name} is in service")
 
 
 @index_app.command("watch")
@@ -419,7 +424,10 @@ def serve(
 
     settings = _settings(ctx)
     with _errors():
-        if build:
+        if build and settings.vector_store == "milvus":
+            # the store says what it holds; nothing is written when the corpus matches it
+            _print_report(run_build(settings, skip_if_unchanged=True, wait=True))
+        elif build:
             state, why = index_freshness(
                 Path(settings.corpus_dir),
                 Path(settings.index_dir),

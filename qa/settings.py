@@ -118,6 +118,23 @@ class Settings(BaseSettings):
     keep_generations: int = Field(
         2, ge=1, description="Index generations kept on disk (the one in service included)."
     )
+    vector_store: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="faiss: the local index folder (QA_INDEX_DIR); milvus: chunks, vectors, "
+        "BM25 and generations in Milvus at QA_MILVUS_URI.",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="A local path ending in .db runs Milvus Lite inside the process; "
+        "http(s)://host:port reaches a Milvus server or `milvus-lite server`. Unset: "
+        "QA_INDEX_DIR/milvus.db.",
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Token (or user:password) for the Milvus server, if it wants one."
+    )
+    milvus_prefix: str = Field(
+        "qa", description="Prefix of the Milvus collection names (several indexes, one Milvus)."
+    )
     reload_interval: float = Field(
         1.0, gt=0, description="Seconds between checks for a new index generation."
     )
@@ -179,6 +196,21 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("QA_EMBEDDING_MODEL must name a model or a path, got an empty value")
         return value.strip()
+
+    @field_validator("milvus_prefix")
+    @classmethod
+    def _prefix_is_a_name(cls, value: str) -> str:
+        if not value[:1].isalpha() or not value.replace("_", "").isalnum():
+            raise ValueError(
+                f"QA_MILVUS_PREFIX must start with a letter and hold only letters, digits and "
+                f"_, got {value!r}"
+            )
+        return value
+
+    @property
+    def milvus_uri_resolved(self) -> str:
+        """QA_MILVUS_URI, or Milvus Lite in QA_INDEX_DIR/milvus.db when unset."""
+        return self.milvus_uri or str(Path(self.index_dir) / "milvus.db")
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

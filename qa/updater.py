@@ -10,13 +10,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qa.builder import BuildReport, build_index
 from qa.embedder import Embedder
 from qa.errors import NotFound, QAError
 from qa.extraction import CorpusLimits
 from qa.index import IndexSpec
+
+if TYPE_CHECKING:
+    from qa.index import LocalIndexStore
+    from qa.milvus_store import MilvusStore
 from qa.metrics import RELOAD_FAILURES, observe_update
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,7 @@ class Updater:
     def __init__(
         self,
         corpus_dir: Path,
-        index_dir: Path,
+        index_dir: Path | LocalIndexStore | MilvusStore,
         embedder: Embedder,
         spec: IndexSpec,
         keep_generations: int = 2,

@@ -184,7 +184,7 @@ def create_app(
     engine = engine or Engine(settings)
     updater = Updater(
         Path(settings.corpus_dir),
-        Path(settings.index_dir),
+        engine.store,  # the folder QA_INDEX_DIR, or Milvus
         engine.embedder,
         spec_from_settings(settings),
         keep_generations=settings.keep_generations,
