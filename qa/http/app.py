@@ -8,7 +8,7 @@ import hmac
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -109,7 +109,14 @@ def _public_model(model_id: str) -> str:
     return Path(model_id).name if "/" in model_id and Path(model_id).exists() else model_id
 
 
-def _load_in_background(app: FastAPI, engine: Engine) -> None:
+def _load_in_background(
+    app: FastAPI, engine: Engine, then: Callable[[], object] | None = None
+) -> None:
+    """Warm the model up and load the generation in service in a thread, then call
+    ``then`` (start following new generations) whether the load worked or not: polling
+    before would put the index in service ahead of the model, and /readyz would say ready
+    while the first request still waits for the model."""
+
     def run() -> None:
         try:
             engine.warm_up()
@@ -120,6 +127,9 @@ def _load_in_background(app: FastAPI, engine: Engine) -> None:
         except Exception as exc:  # keep the process up; /readyz says why
             app.state.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("index not loaded")
+        finally:
+            if then is not None:
+                then()
 
     thread = threading.Thread(target=run, name="qa-index-loader", daemon=True)
     thread.start()
@@ -208,10 +218,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
-        if load and not engine.ready:
-            _load_in_background(app, engine)
-        if load:
+
+        def follow() -> None:
             start_reloader(engine.reload_if_changed, settings.reload_interval, stop)
+
+        if load and not engine.ready:
+            _load_in_background(app, engine, then=follow)
+        elif load:
+            follow()
         if watch:
             start_watcher(updater, settings.watch_debounce_ms, stop)
         async with mcp.session_manager.run():
