@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -111,7 +112,7 @@ def _public_model(model_id: str) -> str:
 
 def _load_in_background(
     app: FastAPI, engine: Engine, then: Callable[[], object] | None = None
-) -> None:
+) -> threading.Thread:
     """Warm the model up and load the generation in service in a thread, then call
     ``then`` (start following new generations) whether the load worked or not: polling
     before would put the index in service ahead of the model, and /readyz would say ready
@@ -134,6 +135,7 @@ def _load_in_background(
     thread = threading.Thread(target=run, name="qa-index-loader", daemon=True)
     thread.start()
     app.state.loader = thread
+    return thread
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -183,8 +185,12 @@ def create_app(
     *,
     load: bool = True,
     watch: bool = False,
+    wait_for_index: bool = False,
 ) -> FastAPI:
     """Build the app. The index loads in the background; /readyz is 503 until it is in.
+    With ``wait_for_index`` (a worker of ``qa serve --workers``) start-up waits for that
+    first load (or its failure) instead, so the worker takes no connection from the shared
+    socket before it can answer; the workers already serving take them meanwhile.
 
     While it runs, a new index generation on disk (from `qa index update`, the update
     endpoint or, with ``watch``, an edit in the corpus folder) is loaded and swapped in
@@ -223,7 +229,9 @@ def create_app(
             start_reloader(engine.reload_if_changed, settings.reload_interval, stop)
 
         if load and not engine.ready:
-            _load_in_background(app, engine, then=follow)
+            loader = _load_in_background(app, engine, then=follow)
+            if wait_for_index:
+                await asyncio.to_thread(loader.join)
         elif load:
             follow()
         if watch:

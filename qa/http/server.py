@@ -104,8 +104,9 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
 class WorkerApp:
     """The app factory of one worker process: uvicorn pickles it into each process it
     spawns, and each calls it to build its own app (own Engine, own model, own copy of the
-    index in service, own reload loop following the ``CURRENT`` pointer). A worker never
-    watches the corpus: with ``--watch`` the supervising process does, once."""
+    index in service, own reload loop following the ``CURRENT`` pointer). A worker takes
+    connections only once its index is loaded (or failed to load), and never watches the
+    corpus: with ``--watch`` the supervising process does, once."""
 
     settings: Settings
 
@@ -114,7 +115,7 @@ class WorkerApp:
         from qa.http.observe import configure_logging
 
         configure_logging(self.settings.log_format)
-        return create_app(self.settings, watch=False)
+        return create_app(self.settings, watch=False, wait_for_index=True)
 
 
 def _watch_from_supervisor(settings: Settings, stop: threading.Event) -> None:
