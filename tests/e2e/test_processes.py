@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.server import free_port
 from tests.conftest import DEFAULT_CORPUS
 from tests.e2e.conftest import Server, qa_env, run_qa, start_server, stop
 
@@ -210,3 +213,17 @@ def test_only_the_supervisor_watches_and_every_worker_switches(workers: Server) 
             )
             assert resp.json()["index"]["generation"] == before + 1
             assert resp.json()["passages"][0]["citation"]["doc_id"] == "glaciers.md"
+
+
+def test_the_docker_health_check_passes_on_a_ready_server_only(server: Server) -> None:
+    """The Dockerfile's HEALTHCHECK command, run here against a real server."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text("utf-8")
+    (code,) = re.findall(r'CMD python -c "(.*)"\n', dockerfile)
+    here = code.replace("http://127.0.0.1:8000", server.url)
+    ready = subprocess.run([sys.executable, "-c", here])
+    assert ready.returncode == 0
+    down = subprocess.run(
+        [sys.executable, "-c", code.replace("127.0.0.1:8000", f"127.0.0.1:{free_port()}")],
+        capture_output=True,
+    )
+    assert down.returncode != 0
