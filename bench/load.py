@@ -12,6 +12,7 @@ answered / seconds), p50 and p99 of the response time as locust records it (whol
 milliseconds below 100 ms, rounded to 2 significant digits above), failed requests (any
 status but 200 is a failure). Locust runs in this process, on the same machine as the
 server: its own CPU use is printed beside each row (``client cpu``), with the load average.
+The resident memory of `qa serve` and of each worker is read (psutil) once it is ready.
 """
 
 from gevent import monkey
@@ -94,6 +95,19 @@ def measure(
     return row
 
 
+def server_rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory (MB) of ``qa serve`` (pid) and of each worker process it spawned."""
+    import psutil  # a dependency of locust
+
+    proc = psutil.Process(pid)
+    rss = {"serve": round(proc.memory_info().rss / 2**20)}
+    workers = [c for c in proc.children() if "spawn_main" in " ".join(c.cmdline())]
+    for i, child in enumerate(workers, 1):
+        rss[f"worker{i}"] = round(child.memory_info().rss / 2**20)
+    rss["total"] = sum(rss.values())
+    return rss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -105,6 +119,7 @@ def main() -> None:
 
     asked = questions()
     rows: list[dict[str, Any]] = []
+    memory: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="qa-load-") as tmp:
         root = Path(tmp)
         shutil.copytree(ROOT / "corpus", root / "corpus")
@@ -122,6 +137,7 @@ def main() -> None:
                 env, root, "--no-build", "--workers", str(workers), cwd=ROOT, timeout=600
             )
             try:
+                memory[workers] = server_rss_mb(proc.pid)
                 for clients in args.clients:
                     row = {
                         "workers": workers,
@@ -133,7 +149,7 @@ def main() -> None:
             finally:
                 stop(proc)
     if args.json:
-        print(json.dumps({"cpus": os.cpu_count(), "rows": rows}))
+        print(json.dumps({"cpus": os.cpu_count(), "rows": rows, "rss_mb": memory}))
         return
     print(f"{os.cpu_count()} CPUs; {len(asked)} questions cycled; {args.seconds:g} s per row")
     print("| workers | clients | requests/s | p50 ms | p99 ms | failed | client cpu | load avg |")
@@ -143,6 +159,8 @@ def main() -> None:
             f"| {r['workers']} | {r['clients']} | {r['rps']} | {r['p50_ms']:g} | {r['p99_ms']:g} "
             f"| {r['failed']} of {r['requests']} | {r['client_cpu_pct']} % | {r['load_avg_1m']} |"
         )
+    for workers, rss in memory.items():
+        print(f"RSS with {workers} worker(s), ready, before load (MB): {json.dumps(rss)}")
 
 
 if __name__ == "__main__":
