@@ -2,17 +2,19 @@
 
     .venv/bin/python -m bench.load [--workers 1 2] [--clients 1 4 16] [--seconds 20] [--json]
 
-Builds the index of a copy of the default corpus once (`qa index build`), then for each
-worker count starts a real `qa serve --workers W --no-build` on a free port and, for each
-number of clients, runs locust as a library: that many users (FastHttpUser, one keep-alive
-connection each), no wait between requests (each client sends its next question as soon as
-the answer is in), cycling through the labelled questions of eval/nato. After a warm-up
-the counters are reset and the next ``--seconds`` are measured: requests/s (requests
-answered / seconds), p50 and p99 of the response time as locust records it (whole
-milliseconds below 100 ms, rounded to 2 significant digits above), failed requests (any
-status but 200 is a failure). Locust runs in this process, on the same machine as the
-server: its own CPU use is printed beside each row (``client cpu``), with the load average.
-The resident memory of `qa serve` and of each worker is read (psutil) once it is ready.
+Builds the index of a copy of the default corpus once (`qa index build`), starts a real
+`qa serve --workers W --no-build` on a free port for each worker count, and then, for each
+number of clients and each of those servers in turn (interleaved, so that the drifting
+load of a shared machine falls on both alike), runs locust as a library: that many users
+(FastHttpUser, one keep-alive connection each), no wait between requests (each client
+sends its next question as soon as the answer is in), cycling through the labelled
+questions of eval/nato. After a warm-up the counters are reset and the next ``--seconds``
+are measured: requests/s (requests answered / seconds), p50 and p99 of the response time
+as locust records it (whole milliseconds below 100 ms, rounded to 2 significant digits
+above), failed requests (any status but 200 is a failure). Locust runs in this process,
+on the same machine as the server: its own CPU use is printed beside each row
+(``client cpu``), with the load average. The resident memory of `qa serve` and of each
+worker is read (psutil) once it is ready.
 """
 
 from gevent import monkey
@@ -132,13 +134,17 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        for workers in args.workers:
-            url, proc = start_server(
-                env, root, "--no-build", "--workers", str(workers), cwd=ROOT, timeout=600
-            )
-            try:
-                memory[workers] = server_rss_mb(proc.pid)
-                for clients in args.clients:
+        # every server first, then the rows interleaved (1 worker, 2 workers, for each
+        # number of clients): a shared machine's load drifts, and this spreads it evenly
+        servers: dict[int, tuple[str, Any]] = {}
+        try:
+            for workers in args.workers:
+                servers[workers] = start_server(
+                    env, root, "--no-build", "--workers", str(workers), cwd=ROOT, timeout=600
+                )
+                memory[workers] = server_rss_mb(servers[workers][1].pid)
+            for clients in args.clients:
+                for workers, (url, _) in servers.items():
                     row = {
                         "workers": workers,
                         **measure(url, asked, clients, args.seconds, args.warmup),
@@ -146,7 +152,8 @@ def main() -> None:
                     rows.append(row)
                     if not args.json:
                         print(json.dumps(row), file=sys.stderr, flush=True)
-            finally:
+        finally:
+            for _, proc in servers.values():
                 stop(proc)
     if args.json:
         print(json.dumps({"cpus": os.cpu_count(), "rows": rows, "rss_mb": memory}))
