@@ -163,7 +163,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     shutil.copytree(DEFAULT_CORPUS, corpus)
     env = qa_env(corpus, index, QA_RELOAD_INTERVAL="0.2", QA_WATCH_DEBOUNCE_MS="300")
     # a build, then two processes loading torch and the model at once: slow on 2 busy cores
-    url, proc = start_server(env, "--workers", "2", "--watch", timeout=900)
+    url, proc = start_server(env, "--workers", "2", "--watch", timeout=540)
     yield Server(url, corpus, index, env, proc)
     stop(proc)
 
