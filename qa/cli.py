@@ -413,8 +413,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (and build the index first when it is missing or stale).
 
-    With --workers N, N processes share the port and the index folder; each follows the
-    generation in service by itself. The index is built here once, before they start."""
+    With --workers N, N processes share the port; the index is built once, before they start."""
     from qa.assemble import spec_from_settings
     from qa.builder import index_freshness
     from qa.extraction import CorpusLimits
