@@ -411,16 +411,19 @@ def serve(
     watch: Annotated[
         bool, typer.Option("--watch", help="Update the index when the corpus changes")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Server processes on the one port [env QA_WORKERS]"),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (and build the index first when it is missing or stale)."""
-    import uvicorn
+    """Serve the HTTP API (and build the index first when it is missing or stale).
 
+    With --workers N, N processes share the port; the index is built once, before they start."""
     from qa.assemble import spec_from_settings
     from qa.builder import index_freshness
     from qa.extraction import CorpusLimits
-    from qa.http import create_app
     from qa.http.observe import configure_logging
-    from qa.http.server import server_config
+    from qa.http.server import run_server
 
     settings = _settings(ctx)
     with _errors():
@@ -439,12 +442,18 @@ def serve(
                 _print_report(run_build(settings, reuse=state == "stale", wait=True))
     # the app knows where it listens: the allowed Host names default from the bind address
     settings = settings.model_copy(
-        update={"host": host or settings.host, "port": port or settings.port}
+        update={
+            "host": host or settings.host,
+            "port": port or settings.port,
+            "workers": workers or settings.workers,
+        }
     )
-    err_console.print(f"serving on http://{settings.host}:{settings.port} (OpenAPI at /docs)")
+    processes = f", {settings.workers} workers" if settings.workers > 1 else ""
+    err_console.print(
+        f"serving on http://{settings.host}:{settings.port}{processes} (OpenAPI at /docs)"
+    )
     configure_logging(settings.log_format)
-    app = create_app(settings, watch=watch)
-    uvicorn.Server(server_config(app, settings)).run()
+    run_server(settings, watch=watch, workers=settings.workers)
 
 
 @contextmanager

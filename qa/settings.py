@@ -115,6 +115,13 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes of `qa serve` on the one port, each loading the index "
+        "and following new generations by itself.",
+    )
     keep_generations: int = Field(
         2, ge=1, description="Index generations kept on disk (the one in service included)."
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -109,7 +110,14 @@ def _public_model(model_id: str) -> str:
     return Path(model_id).name if "/" in model_id and Path(model_id).exists() else model_id
 
 
-def _load_in_background(app: FastAPI, engine: Engine) -> None:
+def _load_in_background(
+    app: FastAPI, engine: Engine, then: Callable[[], object] | None = None
+) -> threading.Thread:
+    """Warm the model up and load the generation in service in a thread, then call
+    ``then`` (start following new generations) whether the load worked or not: polling
+    before would put the index in service ahead of the model, and /readyz would say ready
+    while the first request still waits for the model."""
+
     def run() -> None:
         try:
             engine.warm_up()
@@ -120,10 +128,14 @@ def _load_in_background(app: FastAPI, engine: Engine) -> None:
         except Exception as exc:  # keep the process up; /readyz says why
             app.state.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("index not loaded")
+        finally:
+            if then is not None:
+                then()
 
     thread = threading.Thread(target=run, name="qa-index-loader", daemon=True)
     thread.start()
     app.state.loader = thread
+    return thread
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -173,8 +185,12 @@ def create_app(
     *,
     load: bool = True,
     watch: bool = False,
+    wait_for_index: bool = False,
 ) -> FastAPI:
     """Build the app. The index loads in the background; /readyz is 503 until it is in.
+    With ``wait_for_index`` (a worker of ``qa serve --workers``) start-up waits for that
+    first load (or its failure) instead, so the worker takes no connection from the shared
+    socket before it can answer; the workers already serving take them meanwhile.
 
     While it runs, a new index generation on disk (from `qa index update`, the update
     endpoint or, with ``watch``, an edit in the corpus folder) is loaded and swapped in
@@ -208,10 +224,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
-        if load and not engine.ready:
-            _load_in_background(app, engine)
-        if load:
+
+        def follow() -> None:
             start_reloader(engine.reload_if_changed, settings.reload_interval, stop)
+
+        if load and not engine.ready:
+            loader = _load_in_background(app, engine, then=follow)
+            if wait_for_index:
+                await asyncio.to_thread(loader.join)
+        elif load:
+            follow()
         if watch:
             start_watcher(updater, settings.watch_debounce_ms, stop)
         async with mcp.session_manager.run():
