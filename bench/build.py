@@ -70,8 +70,8 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from qa.assemble import embedder_from_settings, spec_from_settings
     from qa.embedder import SentenceTransformerEmbedder, resolve_model_path
-    from qa.engine import embedder_from_settings, spec_from_settings
     from qa.evaluation import evaluate, load_dataset
     from qa.settings import Settings
 

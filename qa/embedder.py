@@ -60,12 +60,6 @@ class SpanEmbedder(Embedder, Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def embedding_variant(embedder: Embedder) -> str:
-    """How an embedder's vectors are made (backend, precision, how sentence vectors are
-    made); vectors of two different variants must not be mixed in one index."""
-    return str(getattr(embedder, "variant", "default"))
-
-
 def pools_sentences(embedder: Embedder) -> bool:
     """Whether ``embedder`` derives sentence vectors from its chunk's token embeddings."""
     return bool(getattr(embedder, "pooled_sentences", False)) and hasattr(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qa.builder import ProgressFactory, build_index
-from qa.embedder import Embedder, embedding_variant
+from qa.embedder import Embedder
 from qa.errors import InvalidRequest, QAError
 from qa.index import FORMAT_VERSION, IndexSpec, load_current
 from qa.loaders import LoadReport, SkipFile, load_file
@@ -66,21 +66,17 @@ def load_dataset(path: Path) -> Dataset:
     return Dataset(path, corpus, queries, {q: qrels[q] for q in queries})
 
 
-# Variants whose vectors are those of sentence-transformers in fp32 with every sentence
-# embedded on its own: the key of their cached indexes does not name the variant.
-_PLAIN_VARIANTS = {"default", "onnx-fp32+separate", "torch+separate"}
-
-
-def cache_key(corpus: Path, spec: IndexSpec, variant: str = "default") -> str:
+def cache_key(corpus: Path, spec: IndexSpec) -> str:
     """The cached index's name: the corpus's bytes, the index format, the model, the
-    chunker and how vectors are made (qa.embedder.embedding_variant)."""
+    chunker and how vectors are made (named only when not the plain fp32 + separate
+    sentences, so that the indexes cached before it was a setting keep their names)."""
     digest = hashlib.sha256()
     with corpus.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     digest.update(json.dumps([FORMAT_VERSION, spec.model_id, spec.chunker_settings()]).encode())
-    if variant not in _PLAIN_VARIANTS:
-        digest.update(variant.encode())
+    if spec.embedding != IndexSpec.embedding:
+        digest.update(spec.embedding.encode())
     return digest.hexdigest()[:24]
 
 
@@ -92,7 +88,7 @@ def index_for(
     progress: ProgressFactory | None = None,
 ) -> Path:
     """The cached index of the data set's corpus, built when missing."""
-    index_dir = cache_dir / "eval" / cache_key(dataset.corpus, spec, embedding_variant(embedder))
+    index_dir = cache_dir / "eval" / cache_key(dataset.corpus, spec)
     try:
         load_current(index_dir, spec)
         return index_dir
