@@ -23,6 +23,7 @@ def spec_from_settings(settings: Settings) -> IndexSpec:
         model_id=settings.embedding_model,
         chunk_tokens=settings.chunk_tokens,
         chunk_overlap_tokens=settings.chunk_overlap_tokens,
+        embedding=f"{settings.embed_precision}+{settings.sentence_vectors}",
     )
 
 
@@ -35,6 +36,9 @@ def embedder_from_settings(settings: Settings) -> Embedder:
         settings.allow_download,
         settings.embed_backend,
         Path(settings.cache_dir),
+        settings.embed_precision,
+        settings.sentence_vectors == "pooled",
+        settings.onnx_batch_size,
     )
 
 

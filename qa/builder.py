@@ -20,7 +20,7 @@ import numpy as np
 from qa.assemble import chunker_for
 from qa.chunker import Chunker
 from qa.documents import Chunk, Document
-from qa.embedder import Embedder
+from qa.embedder import Embedder, pools_sentences
 from qa.errors import QAError
 from qa.extraction import CorpusLimits
 from qa.index.files import GenerationPayload
@@ -84,6 +84,77 @@ def embed_with_cache(
     if not texts:
         return np.zeros((0, dim), dtype=np.float32), 0
     return np.vstack([cache[k] for k in keys]).astype(np.float32), len(todo)
+
+
+def _relative(chunk: Chunk, start: int, end: int) -> tuple[int, int]:
+    """A sentence's document offsets as offsets into its chunk's ``embed_text``."""
+    shift = len(chunk.embed_text) - len(chunk.text) - chunk.start
+    return start + shift, end + shift
+
+
+def embed_chunks_and_sentences(
+    chunks: list[Chunk],
+    sentence_rows: list[tuple[int, int, int]],
+    documents: dict[str, Document],
+    embedder: Embedder,
+    cache: dict[str, np.ndarray],
+    progress: ProgressFactory | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(chunk vectors, sentence vectors, texts run through the model) of a build.
+
+    An embedder that pools sentences (qa.embedder.pools_sentences) runs each distinct chunk
+    once and takes its sentences' vectors from the chunk's token embeddings (a sentence
+    beyond the model's window is embedded on its own); ``cache`` (text hash -> vector) is
+    not used then, since a sentence's vector depends on its chunk. Otherwise chunks and
+    sentences are embedded separately and texts in ``cache`` are not embedded again.
+    ``progress`` is called once with the number of texts to run.
+    """
+    if not pools_sentences(embedder):
+        chunk_texts = [c.embed_text for c in chunks]
+        sentence_texts = [documents[chunks[r].doc_id].text[s:e] for r, s, e in sentence_rows]
+        advance = None
+        if progress is not None:
+            need = {text_key(t) for t in chunk_texts + sentence_texts} - cache.keys()
+            advance = progress(len(need))
+        chunk_vectors, n1 = embed_with_cache(chunk_texts, embedder, cache, advance)
+        sentence_vectors, n2 = embed_with_cache(sentence_texts, embedder, cache, advance)
+        return chunk_vectors, sentence_vectors, n1 + n2
+    per_chunk: list[list[int]] = [[] for _ in chunks]
+    for j, (row, _, _) in enumerate(sentence_rows):
+        per_chunk[row].append(j)
+    spans = [
+        [_relative(chunks[r], *sentence_rows[j][1:]) for j in per_chunk[r]]
+        for r in range(len(chunks))
+    ]
+    first: dict[tuple[str, tuple[tuple[int, int], ...]], int] = {}  # -> first row with it
+    for row, chunk in enumerate(chunks):
+        first.setdefault((chunk.embed_text, tuple(spans[row])), row)
+    runs = list(first.values())
+    advance = progress(len(runs)) if progress is not None else None
+    vectors, pooled = embedder.embed_with_spans(  # type: ignore[attr-defined]
+        [chunks[r].embed_text for r in runs], [spans[r] for r in runs], progress=advance
+    )
+    dim = embedder.dimension
+    chunk_vectors = np.zeros((len(chunks), dim), dtype=np.float32)
+    sentence_vectors = np.zeros((len(sentence_rows), dim), dtype=np.float32)
+    at = 0
+    for r, vector in zip(runs, vectors, strict=True):
+        chunk_vectors[r] = vector
+        for j in per_chunk[r]:
+            sentence_vectors[j] = pooled[at]
+            at += 1
+    for row, chunk in enumerate(chunks):  # a repeated chunk: the first one's vectors
+        same = first[(chunk.embed_text, tuple(spans[row]))]
+        if same != row:
+            chunk_vectors[row] = chunk_vectors[same]
+            sentence_vectors[per_chunk[row]] = sentence_vectors[per_chunk[same]]
+    alone = [j for j in range(len(sentence_rows)) if not sentence_vectors[j].any()]
+    if alone:  # sentences the chunk's window did not reach
+        texts = [
+            documents[chunks[r].doc_id].text[s:e] for r, s, e in (sentence_rows[j] for j in alone)
+        ]
+        sentence_vectors[alone] = embedder.embed(texts)
+    return chunk_vectors, sentence_vectors, len(runs) + len(alone)
 
 
 @dataclass
@@ -278,18 +349,12 @@ def build_index(
         chunker = chunker_for(spec, embedder)
         chunks, ids, sentence_rows = _chunk(fresh, chunker)
         checkpoint("chunked")
-        by_id = {d.doc_id: d for d in fresh}
-        sentence_texts = [by_id[chunks[r].doc_id].text[s:e] for r, s, e in sentence_rows]
-        chunk_texts = [c.embed_text for c in chunks]
         # vectors of the texts the changed and renamed documents had before
         old_versions = set(diff.changed) | {old for old, _ in diff.renamed}
         cache = previous.known_vectors(old_versions) if previous is not None else {}
-        advance = None
-        if progress is not None:
-            need = {text_key(t) for t in chunk_texts + sentence_texts} - cache.keys()
-            advance = progress(len(need))
-        chunk_vectors, n1 = embed_with_cache(chunk_texts, embedder, cache, advance)
-        sentence_vectors, n2 = embed_with_cache(sentence_texts, embedder, cache, advance)
+        chunk_vectors, sentence_vectors, embedded = embed_chunks_and_sentences(
+            chunks, sentence_rows, {d.doc_id: d for d in fresh}, embedder, cache, progress
+        )
         checkpoint("embedded")
 
         segment = SegmentPayload(
@@ -318,8 +383,7 @@ def build_index(
             doc_id = segment.chunks[int(row)].doc_id
             new_sentences[doc_id] = new_sentences.get(doc_id, 0) + 1
 
-        embedded = n1 + n2
-        total_new = len(chunk_texts) + len(sentence_texts)
+        total_new = len(chunks) + len(sentence_rows)
         seconds = time.perf_counter() - began
         kept_chunks = sum(int(m["chunks"]) for m in holders.values())
         wppw = word_pieces_per_word(segment.chunks, embedder) if segment.chunks else 1.0

@@ -105,8 +105,11 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} texts/s" if speed else "", style="progress.data.speed")
 
 
-def _embedding_progress(quiet: bool = False) -> tuple[Progress, ProgressFactory]:
-    """A progress bar with counts and rate, and the factory build_index expects."""
+def _embedding_progress(
+    quiet: bool = False, console: Console | None = None
+) -> tuple[Progress, ProgressFactory]:
+    """A progress bar with counts, rate and time left, and the factory build_index expects
+    (on stderr unless ``console`` is given)."""
     progress = Progress(
         TextColumn("[bold]embedding"),
         BarColumn(),
@@ -114,7 +117,7 @@ def _embedding_progress(quiet: bool = False) -> tuple[Progress, ProgressFactory]
         RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=console or err_console,
         disable=quiet,
     )
 

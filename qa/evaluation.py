@@ -67,11 +67,16 @@ def load_dataset(path: Path) -> Dataset:
 
 
 def cache_key(corpus: Path, spec: IndexSpec) -> str:
+    """The cached index's name: the corpus's bytes, the index format, the model, the
+    chunker and how vectors are made (named only when not the plain fp32 + separate
+    sentences, so that the indexes cached before it was a setting keep their names)."""
     digest = hashlib.sha256()
     with corpus.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     digest.update(json.dumps([FORMAT_VERSION, spec.model_id, spec.chunker_settings()]).encode())
+    if spec.embedding != IndexSpec.embedding:
+        digest.update(spec.embedding.encode())
     return digest.hexdigest()[:24]
 
 

@@ -5,6 +5,12 @@ all-MiniLM-L6-v2, the transformer is exported once from the local weights with
 ``torch.onnx`` (no download) into the cache folder and run with onnxruntime. Vectors agree
 with sentence-transformers to ~1e-7 (checked at export); a single question embeds about
 4x faster on a 2-core CPU (docs/performance.md). Anything else stays on torch.
+
+With ``precision="int8"`` the exported model is also quantized once, locally, with
+onnxruntime's dynamic int8 quantization (weights int8, activations quantized per call)
+into ``<cache>/onnx/<model fingerprint>-int8-ort<version>.onnx``. Its vectors are not
+equal to torch's (cosine ~0.96 on average); it is checked only for being close (cosine
+>= 0.9 on a probe), and its effect on ranking is measured in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,6 +28,9 @@ log = logging.getLogger(__name__)
 
 _PROBE = ["why is NATO engaging the Indo-Pacific", "A second, longer probe sentence to pad."]
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_INT8_MIN_COSINE = 0.9  # an int8 model further than this from torch on the probe is broken
+
+Precision = Literal["fp32", "int8"]
 
 
 def supports(model: Any) -> bool:
@@ -46,18 +55,31 @@ def _fingerprint(model_path: Path) -> str:
 
 
 class OnnxEncoder:
-    def __init__(self, session: Any, tokenizer: Any, max_length: int, names: list[str]) -> None:
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        max_length: int,
+        names: list[str],
+        precision: Precision = "fp32",
+    ) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.names = names
+        self.precision = precision
+
+    def hidden(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Token embeddings, (batch, tokens, dim) float32, of already tokenized inputs
+        (int64 arrays named as the model's inputs, padded to one length)."""
+        out: np.ndarray = self.session.run(None, {k: feed[k] for k in self.names})[0]
+        return out
 
     def encode(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
         )
-        feed = {k: batch[k].astype(np.int64) for k in self.names}
-        hidden = self.session.run(None, feed)[0]
+        hidden = self.hidden({k: batch[k].astype(np.int64) for k in self.names})
         mask = batch["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -98,9 +120,44 @@ def _export(model: Any, target: Path) -> list[str]:
     return names
 
 
-def load(model: Any, model_path: str, cache_dir: Path, threads: int) -> OnnxEncoder | None:
-    """An ONNX twin of ``model``, or None (unsupported model, missing package, or its
-    vectors disagree with torch's) — the caller then stays on torch."""
+def _quantize(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization of ``source`` (weights int8 per tensor, activations
+    quantized at run time), written atomically to ``target``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger
+    try:
+        quantize_dynamic(
+            str(source),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            # the exported graph's shapes are not all inferred; its tensors are float32
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)
+    os.replace(tmp, target)
+
+
+def _make(model: Any, fp32: Path, target: Path, precision: Precision) -> list[str]:
+    """Write the model file for ``precision`` (exporting the fp32 one first if needed)."""
+    names = [k for k in _INPUTS if k in model.tokenizer(["x"])]
+    if not fp32.exists():
+        names = _export(model, fp32)
+    if precision == "int8" and not target.exists():
+        _quantize(fp32, target)
+    return names
+
+
+def load(
+    model: Any, model_path: str, cache_dir: Path, threads: int, precision: Precision = "fp32"
+) -> OnnxEncoder | None:
+    """An ONNX twin of ``model`` at ``precision``, or None (unsupported model, missing
+    package, or its vectors disagree with torch's) — the caller then stays on torch."""
     path = Path(model_path)
     if not path.is_dir() or not supports(model):
         return None
@@ -108,12 +165,14 @@ def load(model: Any, model_path: str, cache_dir: Path, threads: int) -> OnnxEnco
         import onnxruntime as ort
     except ImportError:
         return None
-    target = cache_dir / "onnx" / f"{_fingerprint(path)}.onnx"
+    fingerprint = _fingerprint(path)
+    fp32 = cache_dir / "onnx" / f"{fingerprint}.onnx"
+    target = fp32
+    if precision == "int8":
+        target = fp32.with_name(f"{fingerprint}-int8-ort{ort.__version__}.onnx")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        names = [k for k in _INPUTS if k in model.tokenizer(["x"])]
-        if not target.exists():
-            names = _export(model, target)
+        names = _make(model, fp32, target, precision)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.log_severity_level = 3
@@ -122,13 +181,23 @@ def load(model: Any, model_path: str, cache_dir: Path, threads: int) -> OnnxEnco
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
-        except Exception:  # a damaged cache file: export it again, once
+        except Exception:  # a damaged cache file: make it (and its source) again, once
             target.unlink(missing_ok=True)
-            names = _export(model, target)
+            fp32.unlink(missing_ok=True)
+            names = _make(model, fp32, target, precision)
             session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
-        encoder = OnnxEncoder(session, model.tokenizer, int(model.max_seq_length), names)
+        encoder = OnnxEncoder(session, model.tokenizer, int(model.max_seq_length), names, precision)
         expected = model.encode(_PROBE, normalize_embeddings=True, convert_to_numpy=True)
-        gap = float(np.abs(encoder.encode(_PROBE) - expected).max())
+        got = encoder.encode(_PROBE)
+        if precision == "int8":
+            cosine = float((got * expected).sum(axis=1).min())
+            if cosine < _INT8_MIN_COSINE:
+                log.warning(
+                    "int8 ONNX vectors are at cosine %.3f to torch; staying on torch", cosine
+                )
+                return None
+            return encoder
+        gap = float(np.abs(got - expected).max())
         if gap > 1e-4:
             log.warning("ONNX vectors differ from torch by %.2g; staying on torch", gap)
             return None

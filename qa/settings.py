@@ -34,7 +34,26 @@ class Settings(BaseSettings):
         description="onnx: run mean-pooling transformer models with onnxruntime on the CPU "
         "(exported once into the cache folder, checked against torch); torch: always torch.",
     )
-    embed_batch_size: int = Field(32, ge=1, le=1024)
+    embed_batch_size: int = Field(
+        32, ge=1, le=1024, description="Texts per model call on torch (and on a GPU)."
+    )
+    embed_precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="Weights of the ONNX model: int8 quantizes the exported model once, "
+        "locally, with onnxruntime's dynamic int8 quantization (cached beside the export); "
+        "faster, vectors at cosine ~0.96 to fp32 (ranking effect: docs/performance.md).",
+    )
+    onnx_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Texts per onnxruntime call, batched by token length (CPU).",
+    )
+    sentence_vectors: Literal["separate", "pooled"] = Field(
+        "separate",
+        description="separate: every sentence embedded on its own; pooled: a sentence's "
+        "vector is the mean of its tokens in its chunk's model call (one call per chunk).",
+    )
 
     chunk_tokens: int = Field(
         192, ge=16, description="Target chunk size in model word pieces (capped by the model)."

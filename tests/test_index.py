@@ -39,7 +39,11 @@ def test_manifest_names_model_settings_documents_and_checksums(
     report = build(settings, fake_embedder)
     manifest = read_manifest(report.path)
     assert manifest["format_version"] == FORMAT_VERSION == 5
-    assert manifest["model"] == {"id": "fake-embedder", "dimension": 64}
+    assert manifest["model"] == {
+        "id": "fake-embedder",
+        "dimension": 64,
+        "embedding": "fp32+separate",
+    }
     assert manifest["chunker"] == {"chunk_tokens": 192, "overlap_tokens": 32}
     assert set(manifest["documents"]) == {"nato-indo-pacific.txt", "notes/baking.md"}
     assert all(len(d["sha256"]) == 64 for d in manifest["documents"].values())
@@ -193,7 +197,11 @@ def test_manifest_is_plain_json(settings: Settings, fake_embedder: FakeEmbedder)
     manifest = json.loads((report.path / "manifest.json").read_text("utf-8"))
     assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["generation"] == report.generation
-    assert manifest["model"] == {"id": "fake-embedder", "dimension": fake_embedder.dimension}
+    assert manifest["model"] == {
+        "id": "fake-embedder",
+        "dimension": fake_embedder.dimension,
+        "embedding": "fp32+separate",
+    }
     assert manifest["counts"]["documents"] == report.documents == len(manifest["documents"])
     assert manifest["counts"]["chunks"] == report.chunks
     assert {p.name for p in report.path.iterdir()} == {"manifest.json"}

@@ -57,7 +57,11 @@ def write_manifest(tmp: Path, payload: GenerationPayload, segments: dict[str, st
         "format_version": FORMAT_VERSION,
         "generation": generation_number(tmp.with_name(tmp.name.removesuffix(".tmp"))),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": {"id": payload.spec.model_id, "dimension": payload.dimension},
+        "model": {
+            "id": payload.spec.model_id,
+            "dimension": payload.dimension,
+            "embedding": payload.spec.embedding,
+        },
         "chunker": payload.spec.chunker_settings(),
         "counts": counts,
         "segments": segments,

@@ -21,6 +21,9 @@ class IndexSpec:
     model_id: str
     chunk_tokens: int
     chunk_overlap_tokens: int
+    # how vectors are made: weights' precision and how sentence vectors are made
+    # (QA_EMBED_PRECISION, QA_SENTENCE_VECTORS); vectors of two variants never mix
+    embedding: str = "fp32+separate"
 
     def chunker_settings(self) -> dict[str, Any]:
         return {"chunk_tokens": self.chunk_tokens, "overlap_tokens": self.chunk_overlap_tokens}
@@ -35,6 +38,13 @@ def check_spec(manifest: dict[str, Any], spec: IndexSpec, where: Path | str) -> 
             f"the index in {where} was built with model {built_model!r} but "
             f"QA_EMBEDDING_MODEL is {spec.model_id!r}; rebuild it with `qa index build` "
             "(or set QA_EMBEDDING_MODEL back)"
+        )
+    built_embedding = manifest["model"].get("embedding", "fp32+separate")
+    if built_embedding != spec.embedding:
+        raise IndexMismatch(
+            f"the index in {where} was built with embedding {built_embedding!r} but the "
+            f"configured one is {spec.embedding!r} (QA_EMBED_PRECISION, QA_SENTENCE_VECTORS); "
+            "rebuild it with `qa index build`"
         )
     if manifest["chunker"] != spec.chunker_settings():
         raise IndexMismatch(

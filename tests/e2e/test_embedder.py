@@ -35,3 +35,49 @@ def test_export_is_cached_and_a_damaged_file_is_rebuilt(tmp_path: Path) -> None:
     again = SentenceTransformerEmbedder(cache_dir=tmp_path)
     assert again.active_backend == "onnx"
     assert exported.stat().st_size > 1_000_000
+
+
+def test_int8_model_is_quantized_once_and_stays_close_to_fp32(tmp_path: Path) -> None:
+    texts = [t for t in (DEFAULT_CORPUS / "nato-indo-pacific.txt").read_text().split("\n") if t]
+    int8 = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8")
+    assert int8.variant == "onnx-int8+separate"
+    (quantized,) = (tmp_path / "onnx").glob("*-int8-*.onnx")
+    stamp = quantized.stat().st_mtime_ns
+    fp32 = SentenceTransformerEmbedder(cache_dir=tmp_path)
+    cosine = (int8.embed(texts) * fp32.embed(texts)).sum(axis=1)
+    assert cosine.mean() > 0.93 and cosine.min() > 0.85, cosine
+    assert cosine.max() < 0.9999, "int8 vectors are not fp32's"
+    again = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8")
+    assert again.variant == "onnx-int8+separate"
+    assert quantized.stat().st_mtime_ns == stamp, "the quantized model is reused"
+
+
+def test_pooled_spans_agree_on_onnx_and_torch(tmp_path: Path) -> None:
+    text = (DEFAULT_CORPUS / "nato-indo-pacific.txt").read_text()[:900]
+    spans = [(0, 120), (121, 400), (401, 900)]
+    onnx = SentenceTransformerEmbedder(cache_dir=tmp_path)
+    torch = SentenceTransformerEmbedder(backend="torch", cache_dir=tmp_path)
+    (a, a_spans), (b, b_spans) = (
+        e.embed_with_spans([text, "x"], [spans, []]) for e in (onnx, torch)
+    )
+    assert np.abs(a - b).max() < 1e-5 and np.abs(a_spans - b_spans).max() < 1e-5
+    assert np.abs(a - onnx.embed([text, "x"])).max() < 1e-6  # the text vector is embed()'s
+    alone = onnx.embed([text[s:e] for s, e in spans])
+    cosine = (a_spans * alone).sum(axis=1)
+    assert (cosine > 0.6).all() and (cosine < 0.999).all(), cosine  # in context, not alone
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(),
+    reason="no CUDA device on this machine: QA_DEVICE=cuda (fp16) is tested where one exists",
+)
+def test_cuda_embeds_in_fp16_close_to_the_cpu(tmp_path: Path) -> None:
+    texts = [t for t in (DEFAULT_CORPUS / "nato-indo-pacific.txt").read_text().split("\n") if t]
+    gpu = SentenceTransformerEmbedder(device="cuda", cache_dir=tmp_path)
+    assert gpu.variant == "torch-fp16+separate"
+    assert next(gpu.model.parameters()).dtype == __import__("torch").float16
+    cpu = SentenceTransformerEmbedder(backend="torch", cache_dir=tmp_path)
+    cosine = (gpu.embed(texts) * cpu.embed(texts)).sum(axis=1)
+    assert cosine.min() > 0.999, cosine
+    vectors, spans = gpu.embed_with_spans(texts[:2], [[(0, 20)], []])
+    assert vectors.shape == (2, 384) and spans.shape == (1, 384) and spans.any()
