@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from qa.assemble import embedder_from_settings, spec_from_settings
-from qa.evaluation import index_for, load_dataset, run_queries, trec_metrics
+from qa.evaluation import index_for, load_dataset, milvus_copy, run_queries, trec_metrics
 from qa.index import load_current
-from qa.index.files import GenerationPayload
-from qa.milvus_store import MilvusStore
 from qa.search import FusionConfig, Searcher
 from qa.settings import Settings
 
@@ -50,20 +48,8 @@ def main() -> None:
     print(f"local index: {len(local)} chunks ({time.perf_counter() - began:.1f} s to load/build)")
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = MilvusStore(str(Path(tmp) / "parity.db"), prefix="parity")
-        docs = [d.doc_id for d in local.documents()]
         began = time.perf_counter()
-        payload = GenerationPayload(
-            segment=local.export(docs),
-            documents={d: {**m, "segment": None} for d, m in local.manifest["documents"].items()},
-            segments={},
-            skipped=local.manifest["skipped"],
-            spec=spec,
-            dimension=int(local.manifest["model"]["dimension"]),
-            stats=local.manifest["stats"],
-        )
-        store.write(payload)
-        milvus = store.load(spec)
+        milvus = milvus_copy(local, str(Path(tmp) / "parity.db"), spec)
         took = time.perf_counter() - began
         print(
             f"milvus: {len(milvus)} chunks, "

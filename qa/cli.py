@@ -385,6 +385,7 @@ def eval_(
                 mode=mode,
                 candidates=settings.candidates,
                 progress=start_task,
+                store=settings.vector_store,
             )
     if as_json:
         print(json.dumps(result))

@@ -20,7 +20,7 @@ from typing import Any
 from qa.builder import ProgressFactory, build_index
 from qa.embedder import Embedder
 from qa.errors import InvalidRequest, QAError
-from qa.index import FORMAT_VERSION, IndexSpec, load_current
+from qa.index import FORMAT_VERSION, IndexSpec, LocalSnapshot, Snapshot, load_current
 from qa.loaders import LoadReport, SkipFile, load_file
 from qa.search import FusionConfig, Searcher
 
@@ -163,6 +163,32 @@ def run_queries(
     return run, latencies
 
 
+def milvus_copy(local: LocalSnapshot, uri: str, spec: IndexSpec) -> Snapshot:
+    """The local index copied into a Milvus store at ``uri`` (chunks, vectors, sentences and
+    documents as they are: nothing is embedded again), or the copy already there. For
+    ``qa eval`` with QA_VECTOR_STORE=milvus: the same chunks searched in either store."""
+    from qa.index.files import GenerationPayload
+    from qa.milvus_store import MilvusStore
+
+    store = MilvusStore(uri, prefix="qa_eval", keep=1)
+    try:
+        return store.load(spec)
+    except QAError:
+        pass
+    store.write(
+        GenerationPayload(
+            segment=local.export([d.doc_id for d in local.documents()]),
+            documents={d: {**m, "segment": None} for d, m in local.manifest["documents"].items()},
+            segments={},
+            skipped=local.manifest["skipped"],
+            spec=spec,
+            dimension=int(local.manifest["model"]["dimension"]),
+            stats=local.manifest["stats"],
+        )
+    )
+    return store.load(spec)
+
+
 def evaluate(
     dataset: Dataset,
     cache_dir: Path,
@@ -172,9 +198,14 @@ def evaluate(
     fusion: FusionConfig | None = None,
     candidates: int = 100,
     progress: ProgressFactory | None = None,
+    store: str = "faiss",
 ) -> dict[str, Any]:
+    """nDCG@10, Recall@100, MRR@10 (pytrec_eval) and search latency of ``mode`` on the
+    data set; ``store`` "milvus" searches a Milvus Lite copy of the cached index."""
     index_dir = index_for(dataset, cache_dir, embedder, spec, progress)
-    data = load_current(index_dir, spec)
+    data: Snapshot = load_current(index_dir, spec)
+    if store == "milvus":
+        data = milvus_copy(load_current(index_dir, spec), str(index_dir / "milvus.db"), spec)
     base = fusion or FusionConfig()
     config = FusionConfig(**{**base.__dict__, "mode": mode})
     searcher = Searcher(data, candidates=max(candidates, 300), fusion=config)
@@ -187,6 +218,7 @@ def evaluate(
         "queries": len(dataset.queries),
         "docs": len(data.documents()),
         "mode": mode,
+        "store": store,
         "latency_ms": {
             "p50": round(statistics.median(ordered), 2),
             "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),

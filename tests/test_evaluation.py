@@ -82,7 +82,7 @@ def test_eval_writes_nothing_into_a_read_only_dataset_and_caches(tmp_path: Path)
         first = evaluate(load_dataset(ds_dir), tmp_path / "cache", embedder, spec, mode="bm25")
         assert first["ndcg@10"] == 1.0 and first["queries"] == 2 and first["docs"] == 3
         assert set(first) == {"ndcg@10", "recall@100", "mrr@10", "queries", "docs", "mode",
-                              "latency_ms"}  # fmt: skip
+                              "store", "latency_ms"}  # fmt: skip
         assert set(first["latency_ms"]) == {"p50", "p95"}
         calls = embedder.texts_embedded
         second = evaluate(load_dataset(ds_dir), tmp_path / "cache", embedder, spec, mode="dense")
@@ -92,3 +92,16 @@ def test_eval_writes_nothing_into_a_read_only_dataset_and_caches(tmp_path: Path)
         for path in [ds_dir, *ds_dir.rglob("*")]:
             os.chmod(path, stat.S_IRWXU)
     assert sorted(p.name for p in ds_dir.rglob("*")) == before
+
+
+def test_eval_with_the_milvus_store_ranks_as_the_local_one(tmp_path: Path) -> None:
+    """`qa eval` with QA_VECTOR_STORE=milvus searches a Milvus Lite copy of the same index."""
+    ds = load_dataset(write_dataset(tmp_path / "ds", header=True))
+    embedder = FakeEmbedder()
+    spec = IndexSpec("fake-embedder", 192, 32)
+    for mode in ("hybrid", "bm25", "dense"):
+        local = evaluate(ds, tmp_path / "cache", embedder, spec, mode=mode)
+        milvus = evaluate(ds, tmp_path / "cache", embedder, spec, mode=mode, store="milvus")
+        assert milvus["store"] == "milvus" and milvus["docs"] == local["docs"] == 3
+        for metric in ("ndcg@10", "recall@100", "mrr@10"):
+            assert milvus[metric] == pytest.approx(local[metric]), (mode, metric)
