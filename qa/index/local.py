@@ -114,6 +114,13 @@ class LocalSnapshot:
             if segments
             else np.zeros((0, dim), np.float32)
         )
+        # the segments' own arrays become views of the joined ones: one copy in memory
+        sentence_offsets = np.cumsum([0] + [len(seg.sentences) for seg in segments])
+        for seg, lo, hi, s_lo, s_hi in zip(
+            segments, offsets, offsets[1:], sentence_offsets, sentence_offsets[1:], strict=False
+        ):
+            seg.vectors = self._vectors[int(lo) : int(hi)]
+            seg.sentence_vectors = self._sentence_vectors[int(s_lo) : int(s_hi)]
         live_rows = np.flatnonzero(self._live)
         live_ids = self._ids[live_rows]
         order = np.argsort(live_ids, kind="stable")
