@@ -126,9 +126,10 @@ def test_cli_eval_json_on_a_small_beir_set(server: Server, tmp_path: Path) -> No
     env = dict(server.env, QA_CACHE_DIR=str(tmp_path / "cache"))
     result = json.loads(run_qa(env, "eval", str(dataset), "--mode", "hybrid", "--json").stdout)
     assert set(result) == {
-        "ndcg@10", "recall@100", "mrr@10", "queries", "docs", "mode", "latency_ms"
+        "ndcg@10", "recall@100", "mrr@10", "queries", "docs", "mode", "store", "latency_ms"
     }  # fmt: skip
     assert result["queries"] == 2 and result["docs"] == 3 and result["mode"] == "hybrid"
+    assert result["store"] == "faiss"
     assert result["ndcg@10"] == 1.0
     bad = run_qa(env, "eval", str(tmp_path / "nothing"), check=False)
     assert bad.returncode == 1 and "corpus.jsonl" in bad.stderr
