@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,12 @@ STORE_FORMAT = 1
 MAX_VARCHAR_BYTES = 65535  # Milvus's VARCHAR limit
 PIECE_CHARS = 16000  # a document text piece: at most 4 bytes a character fits 65535 bytes
 ID_BATCH = 1000  # ids per ``in [...]`` expression
+CACHE_ROWS = 8192  # chunk rows (vector, text, span) a snapshot keeps, least recently used out
+CACHE_ANSWERS = 1024  # counts and identifier frequencies a snapshot keeps
+ROW_FIELDS = [
+    "chunk_id", "doc_id", "start", "end", "line_start", "line_end", "page", "heading", "text",
+    "vector",
+]  # fmt: skip
 MAX_TOPK = 16384  # Milvus's limit on a search's top k
 MAX_IDENTIFIERS = 4096  # per chunk (Milvus's ARRAY capacity limit)
 MAX_IDENTIFIER_BYTES = 512
@@ -953,12 +960,38 @@ class MilvusIndex:
         self.client.close()
 
 
+class LRU:
+    """A thread-safe least-recently-used map of at most ``size`` entries."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
 class MilvusSnapshot:
     """One generation, read-only (qa.index.snapshot.Snapshot); every call filters on its
     visibility range, so a request keeps reading the generation it started with.
 
     Ids are stable chunk ids (qa.index.ids). Scores: cosine (dense), BM25 (lexical), best
-    first. Holds nothing corpus-sized: every answer is a Milvus query or search.
+    first. Holds nothing corpus-sized: every answer is a Milvus query or search. A
+    generation never changes, so the snapshot keeps bounded caches of what one search asks
+    more than once (a chunk's row and sentences, counts, identifier frequencies): at most
+    CACHE_ROWS chunks, whatever the corpus size.
     """
 
     def __init__(self, index: MilvusIndex, generation: int) -> None:
@@ -969,6 +1002,9 @@ class MilvusSnapshot:
         self.path = Path(f"milvus/{index.prefix}/gen-{generation:06d}")  # a label
         self._size: int | None = None
         self._documents_map: dict[str, dict[str, Any]] | None = None
+        self._row_cache = LRU(CACHE_ROWS)  # chunk id -> row of every chunk field
+        self._sentence_cache = LRU(CACHE_ROWS)  # chunk id -> its sentence rows
+        self._answers = LRU(CACHE_ANSWERS)  # ("count", filter) / ("df", token) -> int
 
     # ------------------------------------------------------------------ about
     @property
@@ -1036,8 +1072,13 @@ class MilvusSnapshot:
         expr = filter_expr(self._generation, filters)
         if expr is None:
             return 0
+        cached = self._answers.get(("count", expr))
+        if cached is not None:
+            return int(cached)
         rows = self.index._query(self.index.chunks_name, expr, ["count(*)"])
-        return int(rows[0]["count(*)"]) if rows else 0
+        count = int(rows[0]["count(*)"]) if rows else 0
+        self._answers.put(("count", expr), count)
+        return count
 
     # ------------------------------------------------------------------ retrieval
     def _search(self, data: list[Any], field_name: str, k: int, expr: str) -> Scored:
@@ -1113,12 +1154,16 @@ class MilvusSnapshot:
             return Scored.empty()
         df: dict[str, int] = {}
         for token in wanted:
-            rows = self.index._query(
-                self.index.chunks_name,
-                f"array_contains(identifiers, {quote(token)}) and {self._visible}",
-                ["count(*)"],
-            )
-            count = int(rows[0]["count(*)"]) if rows else 0
+            cached = self._answers.get(("df", token))
+            if cached is None:
+                rows = self.index._query(
+                    self.index.chunks_name,
+                    f"array_contains(identifiers, {quote(token)}) and {self._visible}",
+                    ["count(*)"],
+                )
+                cached = int(rows[0]["count(*)"]) if rows else 0
+                self._answers.put(("df", token), cached)
+            count = int(cached)
             if count:
                 df[token] = count
         if not df:
@@ -1143,12 +1188,25 @@ class MilvusSnapshot:
         )
 
     # ------------------------------------------------------------------ contents
-    def _rows(self, ids: np.ndarray, fields: Sequence[str]) -> dict[int, dict[str, Any]]:
+    def _rows(self, ids: np.ndarray) -> dict[int, dict[str, Any]]:
+        """Every chunk field of each id (from the cache, the rest in one query)."""
         wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).tolist()})
-        rows = self.index._query_ids(
-            self.index.chunks_name, "chunk_id", wanted, self._visible, ["chunk_id", *fields]
-        )
-        by_id = {int(r["chunk_id"]): r for r in rows}
+        by_id: dict[int, dict[str, Any]] = {}
+        fetch = []
+        for i in wanted:
+            row = self._row_cache.get(i)
+            if row is None:
+                fetch.append(i)
+            else:
+                by_id[i] = row
+        if fetch:
+            rows = self.index._query_ids(
+                self.index.chunks_name, "chunk_id", fetch, self._visible, ROW_FIELDS
+            )
+            for r in rows:
+                r["vector"] = np.asarray(r["vector"], dtype=np.float32)
+                by_id[int(r["chunk_id"])] = r
+                self._row_cache.put(int(r["chunk_id"]), r)
         missing = [i for i in wanted if i not in by_id]
         if missing:
             raise KeyError(
@@ -1159,9 +1217,8 @@ class MilvusSnapshot:
 
     def chunks(self, ids: np.ndarray) -> list[Chunk]:
         """The chunk of each id, in order. Raises KeyError for an id not in the generation."""
-        fields = ["doc_id", "start", "end", "line_start", "line_end", "page", "heading", "text"]
         arr = np.asarray(ids, dtype=np.int64)
-        by_id = self._rows(arr, fields)
+        by_id = self._rows(arr)
         out = []
         for cid in arr.tolist():
             r = by_id[cid]
@@ -1184,8 +1241,8 @@ class MilvusSnapshot:
         arr = np.asarray(ids, dtype=np.int64)
         if not len(arr):
             return np.zeros((0, self.index.dimension), dtype=np.float32)
-        by_id = self._rows(arr, ["vector"])
-        return np.asarray([by_id[i]["vector"] for i in arr.tolist()], dtype=np.float32)
+        by_id = self._rows(arr)
+        return np.stack([by_id[i]["vector"] for i in arr.tolist()]).astype(np.float32)
 
     def sentences(self, ids: np.ndarray) -> SentenceSet:
         """Sentences of the chunks: owner (s,) int64 index into ``ids``, spans (s, 2) int64
@@ -1198,16 +1255,28 @@ class MilvusSnapshot:
         )
         if not len(arr):
             return empty
-        rows = self.index._query_ids(
-            self.index.sentences_name,
-            "chunk_id",
-            sorted(set(arr.tolist())),
-            self._visible,
-            ["chunk_id", "start", "end", "vector"],
-        )
         per_chunk: dict[int, list[dict[str, Any]]] = {}
-        for r in rows:
-            per_chunk.setdefault(int(r["chunk_id"]), []).append(r)
+        fetch = []
+        for cid in sorted(set(arr.tolist())):
+            cached = self._sentence_cache.get(cid)
+            if cached is None:
+                fetch.append(cid)
+            else:
+                per_chunk[cid] = cached
+        if fetch:
+            rows = self.index._query_ids(
+                self.index.sentences_name,
+                "chunk_id",
+                fetch,
+                self._visible,
+                ["chunk_id", "start", "end", "vector"],
+            )
+            fresh: dict[int, list[dict[str, Any]]] = {cid: [] for cid in fetch}
+            for r in rows:
+                fresh[int(r["chunk_id"])].append(r)
+            for cid, found in fresh.items():
+                self._sentence_cache.put(cid, found)
+            per_chunk.update(fresh)
         owners: list[int] = []
         spans: list[tuple[int, int]] = []
         vectors: list[list[float]] = []
@@ -1428,14 +1497,23 @@ class MilvusStore:
             rows_of: dict[str, list[int]] = {}
             for row, c in enumerate(seg.chunks):
                 rows_of.setdefault(c.doc_id, []).append(row)
+            owners = np.asarray(seg.sentences, dtype=np.int64).reshape(-1, 3)[:, 0]
+            by_owner = np.argsort(owners, kind="stable")  # sentence rows grouped by chunk
+            sorted_owners = owners[by_owner]
             for d in seg.documents:
                 rows = rows_of.get(d.doc_id, [])
-                position = {r: i for i, r in enumerate(rows)}
-                picked = [i for i, (r, _, _) in enumerate(seg.sentences) if int(r) in position]
-                sentences = np.asarray(
-                    [(position[int(seg.sentences[i][0])], *seg.sentences[i][1:]) for i in picked],
-                    dtype=np.int64,
-                ).reshape(-1, 3)
+                parts = [
+                    by_owner[
+                        np.searchsorted(sorted_owners, r, "left") : np.searchsorted(
+                            sorted_owners, r, "right"
+                        )
+                    ]
+                    for r in rows
+                ]
+                picked = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+                sentences = np.asarray(seg.sentences, dtype=np.int64).reshape(-1, 3)[picked]
+                local = {r: i for i, r in enumerate(rows)}
+                sentences[:, 0] = [local[int(r)] for r in sentences[:, 0]]
                 writes.append(
                     DocumentWrite(
                         document=d,
