@@ -104,8 +104,9 @@ def measure(
 
 
 @contextlib.contextmanager
-def lite_server(data_dir: Path) -> Iterator[str]:
-    """``milvus-lite server`` on a free port; yields its URI once the port accepts."""
+def lite_server(data_dir: Path) -> Iterator[tuple[str, int]]:
+    """``milvus-lite server`` on a free port; yields its URI and process id once the port
+    accepts."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -124,7 +125,7 @@ def lite_server(data_dir: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise SystemExit("milvus-lite server did not open its port") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -170,7 +171,7 @@ def main() -> None:
         uri = args.uri or str(Path(tmp) / "bench.db")
         where = "Milvus" if args.uri else "Milvus Lite"
         if args.server:
-            uri = stack.enter_context(lite_server(Path(tmp) / "server"))
+            uri, _ = stack.enter_context(lite_server(Path(tmp) / "server"))
             where = "Milvus Lite server"
         for form in ("qa", "raw"):
             store = MilvusIndex(uri, dimension=DIM, prefix=f"bench_{form}", lexical_form=form)

@@ -13,12 +13,17 @@ code path. For each store:
    and both as a share of the full build;
 3. p50/p95 of a hybrid ``Searcher.search`` (embedding excluded), 200 questions;
 4. resident memory (VmRSS) of a fresh process that loads the generation and answers one
-   question, as the API process would.
+   question, as the API process would; for Milvus also the RSS of the database process.
+
+Milvus runs as Milvus Lite's own gRPC server (``milvus-lite server``, as a deployment with
+several API processes would): an embedded ``.db`` admits one process, so the serving
+process could not open it beside the builder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.milvus_bm25 import lite_server
 from qa.assemble import spec_from_settings, store_from_settings
 from qa.builder import build_index
 from qa.settings import Settings
@@ -94,13 +100,39 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
+def process_rss_mb(pid: int) -> float:
+    """VmRSS of process ``pid`` and its children, in MB (Linux /proc)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pids.extend(int(c) for c in children)
+    return round(total / 1024, 1)
+
+
 def measure(store_name: str, docs: int, root: Path) -> dict[str, Any]:
+    if store_name != "milvus":
+        return measure_with(store_name, docs, root, {})
+    data_dir = root / "milvus"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with lite_server(data_dir) as (uri, server_pid):
+        result = measure_with(store_name, docs, root, {"milvus_uri": uri})
+        result["milvus_server_rss_mb"] = process_rss_mb(server_pid)
+    return result
+
+
+def measure_with(store_name: str, docs: int, root: Path, extra: dict[str, Any]) -> dict[str, Any]:
     corpus = root / "corpus"
     if not corpus.exists():
         make_corpus(corpus, docs)
-    extra: dict[str, Any] = {}
     if store_name == "milvus":
-        extra = {"vector_store": "milvus", "milvus_uri": str(root / "milvus" / "qa.db")}
+        extra = {"vector_store": "milvus", **extra}
     settings = Settings(
         corpus_dir=corpus,
         index_dir=root / f"index-{store_name}",
@@ -151,7 +183,7 @@ def measure(store_name: str, docs: int, root: Path) -> dict[str, Any]:
     )
     if proc.returncode == 0:
         rss: float | str = json.loads(proc.stdout.strip().splitlines()[-1])["rss_mb"]
-    else:  # an embedded Milvus Lite .db is held by this process: say so, not a number
+    else:
         rss = "not measured: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:160]
     return {
         "store": store_name,

@@ -24,7 +24,7 @@ RELOAD = 0.5
 
 @pytest.fixture
 def milvus_uri(tmp_path: Path) -> Iterator[str]:
-    with lite_server(tmp_path / "milvus") as uri:
+    with lite_server(tmp_path / "milvus") as (uri, _):
         yield uri
 
 
