@@ -494,10 +494,42 @@ class MilvusIndex:
         rows = self._query(self.meta_name, 'kind == "generation"', ["value", "info"])
         return {int(r["value"]): json.loads(r["info"]) for r in rows}
 
+    def set_sources(self, generation: int, sources: dict[str, Any]) -> None:
+        """Keep the corpus file stamps a generation was built from (qa.loaders.FileStamp as
+        JSON, by file), so that the next update opens only files whose stamp changed. Kept
+        in the meta collection as pieces of one JSON text (a VARCHAR holds 64 KB)."""
+        text = json.dumps(sources, ensure_ascii=False, sort_keys=True)
+        pieces = [text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)] or [""]
+        rows = []
+        for n, piece in enumerate(pieces):
+            row = self._meta_row(_row_pk("sources", generation, n), "sources", generation, {})
+            row["info"], row["piece"], row["chunks"] = piece, n, len(pieces)
+            rows.append(row)
+        self._upsert(self.meta_name, rows)
+
+    def sources(self, generation: int) -> dict[str, Any]:
+        """The file stamps :meth:`set_sources` kept for ``generation`` ({} if none, or if a
+        piece is missing: then the next update reads every file, as without stamps)."""
+        rows = list(
+            self._iterate(
+                self.meta_name,
+                f'kind == "sources" and value == {int(generation)}',
+                ["piece", "chunks", "info"],
+            )
+        )
+        rows.sort(key=lambda r: int(r["piece"]))
+        if not rows or [int(r["piece"]) for r in rows] != list(range(int(rows[0]["chunks"]))):
+            return {}
+        try:
+            found = json.loads("".join(str(r["info"]) for r in rows))
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
+
     def _set_record(self, generation: int, info: dict[str, Any]) -> None:
         """Store a generation's record (one JSON VARCHAR): a long list of skipped files is
-        cut to what fits, with the number left out. File stamps (``sources``) are not kept:
-        with this store an update reads every corpus file."""
+        cut to what fits, with the number left out. File stamps are kept apart
+        (:meth:`set_sources`)."""
         info = dict(info)
         skipped = list(info.get("skipped", []))
         total = len(skipped)
@@ -590,6 +622,8 @@ class MilvusIndex:
                 self.client.delete(name, ids=[int(r["pk"]) for r in dead], timeout=self.timeout)
                 removed += len(dead)
         old_records = [g for g in self.generations() if g < oldest]
+        old_stamps = f'kind == "sources" and value < {oldest}'
+        old_records += [int(r["pk"]) for r in self._iterate(self.meta_name, old_stamps, ["pk"])]
         if old_records:
             self.client.delete(self.meta_name, ids=old_records, timeout=self.timeout)
         return removed
@@ -1002,6 +1036,7 @@ class MilvusSnapshot:
         self.path = Path(f"milvus/{index.prefix}/gen-{generation:06d}")  # a label
         self._size: int | None = None
         self._documents_map: dict[str, dict[str, Any]] | None = None
+        self._manifest: dict[str, Any] | None = None
         self._row_cache = LRU(CACHE_ROWS)  # chunk id -> row of every chunk field
         self._sentence_cache = LRU(CACHE_ROWS)  # chunk id -> its sentence rows
         self._answers = LRU(CACHE_ANSWERS)  # ("count", filter) / ("df", token) -> int
@@ -1031,7 +1066,9 @@ class MilvusSnapshot:
     @property
     def manifest(self) -> dict[str, Any]:
         """The generation's record in the local manifest's shape (documents listed on first
-        use: one paged query)."""
+        use: one paged query; built once, a generation never changes)."""
+        if self._manifest is not None:
+            return self._manifest
         if self._documents_map is None:
             self._documents_map = {
                 d.doc_id: {
@@ -1044,7 +1081,7 @@ class MilvusSnapshot:
                 for d, sentences in self._document_rows()
             }
         docs = self._documents_map
-        return {
+        self._manifest = {
             "format_version": FORMAT_VERSION,
             "generation": self._generation,
             "built_at": self.built_at,
@@ -1060,8 +1097,11 @@ class MilvusSnapshot:
             "documents": docs,
             "skipped": self.record.get("skipped", []),
             "stats": self.stats,
+            "sources": self.index.sources(self._generation),
+            "scanned_ns": int(self.record.get("scanned_ns", 0)),
             "store": {"kind": "milvus", "uri": self.index.uri, "prefix": self.index.prefix},
         }
+        return self._manifest
 
     def __len__(self) -> int:
         if self._size is None:
@@ -1539,8 +1579,10 @@ class MilvusStore:
                 "model": {"id": payload.spec.model_id, "dimension": payload.dimension},
                 "chunker": payload.spec.chunker_settings(),
                 "skipped": payload.skipped,
+                "scanned_ns": payload.scanned_ns,
             },
         )
+        index.set_sources(generation, payload.sources)
         index.publish(generation)
         index.prune(self.keep)
         return Path(f"milvus/{self.prefix}/gen-{generation:06d}")

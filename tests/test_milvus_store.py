@@ -702,3 +702,44 @@ def test_a_long_list_of_skipped_files_is_cut_to_fit_the_record(store: MilvusInde
     assert 0 < len(record["skipped"]) < len(skipped)
     assert record["skipped_left_out"] == len(skipped) - len(record["skipped"])
     assert record["skipped"] == skipped[: len(record["skipped"])]
+
+
+def test_an_update_opens_only_the_files_whose_stamp_changed(
+    settings, fake_embedder, corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generation record keeps the corpus file stamps (in pieces), as the local
+    manifest does: an update with Milvus reads the changed file only."""
+    import os
+    import time
+
+    import qa.extraction
+    from qa.assemble import spec_from_settings, store_from_settings
+    from qa.builder import build_index
+    from qa.milvus_store import MilvusStore
+    from tests.test_stamps import SpyExtractor
+
+    past = time.time() - 60  # stamps older than the scan are trusted
+    for p in corpus_dir.rglob("*"):
+        os.utime(p, (past, past))
+    ms = _milvus_settings(settings, tmp_path)
+    spec = spec_from_settings(ms)
+    store = store_from_settings(ms)
+    assert isinstance(store, MilvusStore)
+    first = build_index(corpus_dir, store, fake_embedder, spec)
+    sources = store.index().sources(first.generation)
+    files = sorted(str(p.relative_to(corpus_dir)) for p in corpus_dir.rglob("*") if p.is_file())
+    assert sorted(sources) == files and len(files) >= 2
+    note = corpus_dir / "notes" / "kiln.md"
+    note.write_text("# Kilns\n\nA pottery kiln fires clay at 1200 degrees.\n", encoding="utf-8")
+    spy = SpyExtractor()
+    monkeypatch.setattr(qa.extraction, "shared_extractor", lambda: spy)
+    report = build_index(corpus_dir, store, fake_embedder, spec, skip_if_unchanged=True)
+    assert spy.read == ["notes/kiln.md"]
+    assert report.added == ["notes/kiln.md"] and report.documents == first.documents + 1
+    snapshot = store.load(spec)
+    assert set(snapshot.manifest["sources"]) == set(files) | {"notes/kiln.md"}
+    # pruned generations take their stamps with them
+    for _ in range(3):
+        note.write_text(note.read_text() + " More.", encoding="utf-8")
+        build_index(corpus_dir, store, fake_embedder, spec, skip_if_unchanged=True)
+    assert store.index().sources(first.generation) == {}
