@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -1039,6 +1039,7 @@ class MilvusSnapshot:
         self._manifest: dict[str, Any] | None = None
         self._row_cache = LRU(CACHE_ROWS)  # chunk id -> row of every chunk field
         self._sentence_cache = LRU(CACHE_ROWS)  # chunk id -> its sentence rows
+        self._row_keys = LRU(CACHE_ROWS)  # chunk id -> primary key of its row visible here
         self._answers = LRU(CACHE_ANSWERS)  # ("count", filter) / ("df", token) -> int
 
     # ------------------------------------------------------------------ about
@@ -1130,7 +1131,7 @@ class MilvusSnapshot:
             anns_field=field_name,
             limit=min(int(k), MAX_TOPK),
             filter=expr,
-            output_fields=["chunk_id"],
+            output_fields=["pk", "chunk_id"],
             consistency_level="Strong",
             timeout=self.index.timeout,
         )
@@ -1139,6 +1140,7 @@ class MilvusSnapshot:
         for hit in result[0] if result else []:
             ids.append(int(hit["entity"]["chunk_id"]))
             scores.append(float(hit["distance"]))
+            self._row_keys.put(ids[-1], int(hit["entity"]["pk"]))
         return Scored(np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32))
 
     def dense(self, vector: np.ndarray, k: int, filters: FilterLike | None) -> Scored:
@@ -1192,32 +1194,38 @@ class MilvusSnapshot:
         n = len(self)
         if expr is None or not wanted or n < 2:
             return Scored.empty()
+        # one query over the generation finds every chunk holding a wanted identifier:
+        # their count per identifier is its df, and without filters they are the answer
+        filtered = expr != self._visible
+        rows: list[dict[str, Any]] | None = None
+        if not filtered or any(self._answers.get(("df", t)) is None for t in wanted):
+            found = self._holding(wanted, self._visible)
+            if len(found) < MAX_TOPK:  # all of them: count
+                held = Counter(t for r in found for t in set(r["identifiers"]))
+                for token in wanted:
+                    self._answers.put(("df", token), held.get(token, 0))
+            if not filtered:
+                rows = found
         df: dict[str, int] = {}
         for token in wanted:
             cached = self._answers.get(("df", token))
-            if cached is None:
-                rows = self.index._query(
+            if cached is None:  # too many holders to count from rows
+                counted = self.index._query(
                     self.index.chunks_name,
                     f"array_contains(identifiers, {quote(token)}) and {self._visible}",
                     ["count(*)"],
                 )
-                cached = int(rows[0]["count(*)"]) if rows else 0
+                cached = int(counted[0]["count(*)"]) if counted else 0
                 self._answers.put(("df", token), cached)
-            count = int(cached)
-            if count:
-                df[token] = count
+            if int(cached):
+                df[token] = int(cached)
         if not df:
             return Scored.empty()
         rarity = {t: float(np.log(n / c) / np.log(n) / len(df)) for t, c in df.items()}
-        listed = ", ".join(quote(t) for t in sorted(df))
-        rows = self.index.client.query(
-            self.index.chunks_name,
-            filter=f"array_contains_any(identifiers, [{listed}]) and {expr}",
-            output_fields=["chunk_id", "identifiers"],
-            limit=MAX_TOPK,
-            consistency_level="Strong",
-            timeout=self.index.timeout,
-        )
+        if rows is None:
+            rows = self._holding(sorted(df), expr)
+        for r in rows:
+            self._row_keys.put(int(r["chunk_id"]), int(r["pk"]))
         scored = [
             (int(r["chunk_id"]), sum(rarity.get(t, 0.0) for t in r["identifiers"])) for r in rows
         ]
@@ -1226,6 +1234,20 @@ class MilvusSnapshot:
             np.asarray([c for c, _ in scored], dtype=np.int64),
             np.asarray([v for _, v in scored], dtype=np.float32),
         )
+
+    def _holding(self, tokens: Sequence[str], expr: str) -> list[dict[str, Any]]:
+        """Rows (pk, chunk id, identifiers) holding any of ``tokens``, within ``expr``; at
+        most MAX_TOPK."""
+        listed = ", ".join(quote(t) for t in tokens)
+        rows: list[dict[str, Any]] = self.index.client.query(
+            self.index.chunks_name,
+            filter=f"array_contains_any(identifiers, [{listed}]) and {expr}",
+            output_fields=["pk", "chunk_id", "identifiers"],
+            limit=MAX_TOPK,
+            consistency_level="Strong",
+            timeout=self.index.timeout,
+        )
+        return rows
 
     # ------------------------------------------------------------------ contents
     def _rows(self, ids: np.ndarray) -> dict[int, dict[str, Any]]:
@@ -1240,9 +1262,23 @@ class MilvusSnapshot:
             else:
                 by_id[i] = row
         if fetch:
-            rows = self.index._query_ids(
-                self.index.chunks_name, "chunk_id", fetch, self._visible, ROW_FIELDS
-            )
+            # rows a search of this snapshot returned are read by primary key (a point
+            # lookup; a filter on chunk_id is a scan in Milvus Lite), the rest by filter
+            keys = {i: self._row_keys.get(i) for i in fetch}
+            by_key = [k for k in keys.values() if k is not None]
+            rows = []
+            if by_key:
+                rows = self.index.client.get(
+                    self.index.chunks_name,
+                    ids=by_key,
+                    output_fields=ROW_FIELDS,
+                    timeout=self.index.timeout,
+                )
+            unknown = [i for i, k in keys.items() if k is None]
+            if unknown:
+                rows += self.index._query_ids(
+                    self.index.chunks_name, "chunk_id", unknown, self._visible, ROW_FIELDS
+                )
             for r in rows:
                 r["vector"] = np.asarray(r["vector"], dtype=np.float32)
                 by_id[int(r["chunk_id"])] = r

@@ -743,3 +743,38 @@ def test_an_update_opens_only_the_files_whose_stamp_changed(
         note.write_text(note.read_text() + " More.", encoding="utf-8")
         build_index(corpus_dir, store, fake_embedder, spec, skip_if_unchanged=True)
     assert store.index().sources(first.generation) == {}
+
+
+def test_exact_identifiers_score_as_the_local_store(tmp_path: Path) -> None:
+    """Chunks holding a question's identifiers, and their rarity scores, are the same from
+    Milvus as from the local index, with and without a filter, asked twice (the second
+    time from the snapshot's cached identifier frequencies)."""
+    from qa.builder import build_index
+    from qa.index import IndexSpec, load_current
+    from qa.index.snapshot import Filters
+    from qa.milvus_store import MilvusStore
+    from tests.fakes import FakeEmbedder
+
+    corpus = tmp_path / "corpus"
+    for folder in ("eu", "us"):
+        (corpus / folder).mkdir(parents=True)
+    for i in range(24):
+        code = f"INV-{1000 + i % 6}"  # each code held by four documents
+        host = f"10.0.{i % 3}.{i}"
+        (corpus / ("eu" if i % 2 else "us") / f"ticket-{i}.md").write_text(
+            f"# Ticket {i}\n\nInvoice {code} was paid from host {host} on 2024-05-{i + 1:02d}.\n"
+        )
+    spec = IndexSpec("fake-embedder", 192, 32)
+    build_index(corpus, tmp_path / "local", FakeEmbedder(), spec)
+    local = load_current(tmp_path / "local", spec)
+    store = MilvusStore(str(tmp_path / "exact.db"), prefix="exact")
+    build_index(corpus, store, FakeEmbedder(), spec)
+    milvus = store.load(spec)
+    questions = ("which invoice is INV-1003", "host 10.0.1.7 and INV-1001", "paid on 10.0.2.11")
+    for question in questions:
+        for filters in (None, Filters(path_prefix="eu/"), None):
+            want, got = local.exact(question, filters), milvus.exact(question, filters)
+            assert len(want.ids) > 0, question
+            pairs = sorted(zip(got.ids.tolist(), got.scores.round(5).tolist(), strict=True))
+            wanted = sorted(zip(want.ids.tolist(), want.scores.round(5).tolist(), strict=True))
+            assert pairs == wanted, (question, filters)
