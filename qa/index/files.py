@@ -10,6 +10,8 @@ objects and FAISS's own format: no pickle anywhere.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,11 +79,24 @@ def write_manifest(tmp: Path, payload: GenerationPayload, segments: dict[str, st
     fsync_tree(tmp)
 
 
+_READ: OrderedDict[tuple[str, int, int, int, int], dict[str, Any]] = OrderedDict()
+_READ_LOCK = threading.Lock()
+READ_CACHE = 4  # manifests kept parsed: an update reads the same few several times
+
+
 def read_manifest(gen_dir: Path) -> dict[str, Any]:
-    """The manifest of ``gen_dir``. Raises IndexCorrupt (missing, not JSON) or
+    """The manifest of ``gen_dir`` (read-only: a manifest read before is shared, parsed
+    once; a generation's manifest is never rewritten, and a file replaced under the same
+    name has another inode or time). Raises IndexCorrupt (missing, not JSON) or
     IndexMismatch (another format version)."""
     path = gen_dir / MANIFEST
     try:
+        st = path.stat()
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with _READ_LOCK:
+            cached = _READ.get(key)
+        if cached is not None:
+            return cached
         manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IndexCorrupt(f"{path} is missing; rebuild with `qa index build`") from None
@@ -94,6 +109,10 @@ def read_manifest(gen_dir: Path) -> dict[str, Any]:
             f"{path} has format version {manifest.get('format_version')!r}, this qa reads "
             f"version {FORMAT_VERSION}; rebuild with `qa index build`"
         )
+    with _READ_LOCK:
+        _READ[key] = manifest
+        while len(_READ) > READ_CACHE:
+            _READ.popitem(last=False)
     return manifest
 
 
