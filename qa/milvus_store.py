@@ -1037,6 +1037,7 @@ class MilvusSnapshot:
         self._size: int | None = None
         self._documents_map: dict[str, dict[str, Any]] | None = None
         self._manifest: dict[str, Any] | None = None
+        self._document_list: list[tuple[DocumentInfo, int]] | None = None
         self._row_cache = LRU(CACHE_ROWS)  # chunk id -> row of every chunk field
         self._sentence_cache = LRU(CACHE_ROWS)  # chunk id -> its sentence rows
         self._row_keys = LRU(CACHE_ROWS)  # chunk id -> primary key of its row visible here
@@ -1409,6 +1410,9 @@ class MilvusSnapshot:
         return DocumentInfo(r["doc_id"], r["title"], r["path"], r["sha256"], int(r["chunks"]))
 
     def _document_rows(self) -> list[tuple[DocumentInfo, int]]:
+        """(document, its sentence count) of every document, by doc id; listed once."""
+        if self._document_list is not None:
+            return self._document_list
         rows = self.index._iterate(
             self.index.documents_name,
             f"piece == 0 and {self._visible}",
@@ -1421,7 +1425,8 @@ class MilvusSnapshot:
             )
             for r in rows
         ]
-        return sorted(out, key=lambda x: x[0].doc_id)
+        self._document_list = sorted(out, key=lambda x: x[0].doc_id)
+        return self._document_list
 
     def documents(self) -> list[DocumentInfo]:
         """Every document of the generation, ordered by doc id (one paged query)."""
@@ -1512,6 +1517,7 @@ class MilvusStore:
         self.keep = keep
         self.timeout = timeout
         self._index: MilvusIndex | None = None
+        self._loaded: MilvusSnapshot | None = None  # the last snapshot load() gave
         self._lock = threading.Lock()
 
     def __str__(self) -> str:
@@ -1554,6 +1560,7 @@ class MilvusStore:
     def load(self, spec: IndexSpec | None = None) -> MilvusSnapshot:
         index = self.index()
         snapshot = index.snapshot()
+        self._loaded = snapshot  # write() lists the documents it replaces from it
         if spec is not None:
             built = {
                 "model": snapshot.record.get("model", {"id": "(not recorded)"}),
@@ -1602,7 +1609,9 @@ class MilvusStore:
                     )
                 )
         current = index.current()
-        before = {d.doc_id for d in index.snapshot(current).documents()} if current else set()
+        last = self._loaded if self._loaded and self._loaded.generation == current else None
+        in_service = last or (index.snapshot(current) if current else None)
+        before = {d.doc_id for d in in_service.documents()} if in_service else set()
         written = {w.document.doc_id for w in writes}
         removed = sorted(before - set(payload.documents) - written)
         generation = index.next_generation()
