@@ -91,10 +91,6 @@ class SegmentedBM25:
     three give the same float32 scores, bit for bit (each row's terms added in query order).
     """
 
-    # sparse accumulation (sort the candidates) while the postings hold fewer pairs than
-    # size / _SPARSE_SHARE; above it a dense (size,) array is cheaper (bench/scale.py)
-    _SPARSE_SHARE = 8
-
     def __init__(self, parts: list[tuple[TermCounts, np.ndarray, int]], size: int) -> None:
         self.parts = sorted(parts, key=lambda part: part[2])  # rows ascending across parts
         self.size = size
@@ -160,25 +156,30 @@ class SegmentedBM25:
             out[rows] += values
         return out
 
-    def matches(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int64 ascending, score float32 > 0) of the live chunks holding a query
-        term: ``scores(query)`` where it is not 0, at the cost of the query's postings
-        (a sort of them) while they hold fewer than size / 8 pairs."""
+    def _candidates(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64, each once, not sorted; their scores float32) of the live chunks
+        holding a query term. Costs O(pairs in the query terms' postings): the scores are
+        added into a (size,) array that is allocated zeroed (calloc: pages untouched stay
+        unmapped) and read back at the candidates only, never scanned whole."""
         postings = self._postings(query)
         if not postings:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if len(postings) == 1:
             return postings[0]
-        pairs = sum(len(rows) for rows, _ in postings)
-        if pairs * self._SPARSE_SHARE < self.size:
-            found = np.unique(np.concatenate([rows for rows, _ in postings]))
-            values = np.zeros(len(found), dtype=np.float32)
-            for rows, term_values in postings:
-                values[np.searchsorted(found, rows)] += term_values
-            return found, values
-        dense = self.scores(query)
-        found = np.flatnonzero(dense)
+        dense = np.zeros(self.size, dtype=np.float32)
+        fresh = []
+        for rows, values in postings:
+            fresh.append(rows[dense[rows] == 0])  # not in an earlier term's (scores are > 0)
+            dense[rows] += values
+        found = np.concatenate(fresh)
         return found, dense[found]
+
+    def matches(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64 ascending, score float32 > 0) of the live chunks holding a query
+        term: ``scores(query)`` where it is not 0, without reading the other rows."""
+        rows, values = self._candidates(query)
+        order = np.argsort(rows)
+        return rows[order], values[order]
 
     def top(
         self, query: str, k: int, allowed: np.ndarray | None = None
@@ -187,8 +188,9 @@ class SegmentedBM25:
         query term, best first; ties in row order (the lower row first, also for which of
         several tied at the k-th place are kept). ``allowed``: a (size,) bool mask of the
         rows that may be returned, or None for all. The same as sorting ``scores(query)``
-        by (-score, row) and keeping the first ``k`` with a score > 0 (tested)."""
-        rows, values = self.matches(query)
+        by (-score, row) and keeping the first ``k`` with a score > 0 (tested), at the cost
+        of the query terms' postings (:meth:`_candidates`) and a partition of them."""
+        rows, values = self._candidates(query)
         if allowed is not None and len(rows):
             keep = allowed[rows]
             rows, values = rows[keep], values[keep]
@@ -197,7 +199,8 @@ class SegmentedBM25:
         if len(rows) > k:
             kth = np.partition(values, len(values) - k)[len(values) - k]
             above = np.flatnonzero(values > kth)
-            tied = np.flatnonzero(values == kth)[: k - len(above)]
+            tied = np.flatnonzero(values == kth)
+            tied = tied[np.argsort(rows[tied], kind="stable")][: k - len(above)]
             picked = np.concatenate([above, tied])
             rows, values = rows[picked], values[picked]
         order = np.lexsort((rows, -values))
