@@ -372,6 +372,15 @@ def part_terms_build(n: int, work: Path, source: str) -> dict[str, Any]:
     return out
 
 
+def make_rare_queries(count: int, seed: int = 17) -> list[str]:
+    """2-3 rare words (frequency ranks 10,000-20,000 of msmarco-5k) a query: short
+    postings, whose cost should not grow with the corpus."""
+    words, _ = vocabulary()
+    rng = np.random.default_rng(seed)
+    pool = words[10_000:20_000]
+    return [" ".join(rng.choice(pool, rng.integers(2, 4))) for _ in range(count)]
+
+
 def _dense_top(scores: np.ndarray, k: int) -> np.ndarray:
     """Top ``k`` rows of all scores as qa.index.local's ``_top`` and ``lexical`` take them
     (``argpartition`` over every row, then a stable sort; rows scoring 0 dropped)."""
@@ -394,11 +403,15 @@ def part_terms_search(n: int, work: Path, queries: int, source: str) -> dict[str
     out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
     out["scores"] = latencies(lambda i: bm25.scores(qs[i]), queries)
     out["top100_dense"] = latencies(lambda i: _dense_top(bm25.scores(qs[i]), 100), queries)
+    rare = make_rare_queries(queries)
+    out["top100_dense_rare"] = latencies(lambda i: _dense_top(bm25.scores(rare[i]), 100), queries)
     if hasattr(bm25, "top"):  # the top-k over the query terms' postings only
         out["top100"] = latencies(lambda i: bm25.top(qs[i], 100), queries)
         allowed = np.zeros(n, dtype=bool)
         allowed[::10] = True
         out["top100_filter_0.1"] = latencies(lambda i: bm25.top(qs[i], 100, allowed), queries)
+        rare = make_rare_queries(queries)
+        out["top100_rare"] = latencies(lambda i: bm25.top(rare[i], 100), queries)
         same = 0
         for query in qs:  # the same 100 rows as all scores sorted by (-score, row)
             scores = bm25.scores(query)
@@ -467,7 +480,9 @@ def terms_report(lines: list[str], by_size: dict[str, Any]) -> None:
         f"{', '.join(sorted(revs)) or '-'} (`git archive`), *after*: this checkout; each "
         "in fresh processes of the same run. *top 100 (all rows)*: `scores()` then "
         "`argpartition` over every row, as `LocalSnapshot.lexical` does; *top 100 "
-        "(postings)*: `SegmentedBM25.top`, over the chunks holding a query term only."
+        "(postings)*: `SegmentedBM25.top`, over the chunks holding a query term only. "
+        "Queries: 2-6 words of frequency ranks 50-20,000; rare-word queries: 2-3 words of "
+        "ranks 10,000-20,000."
     )
     lines.append("")
     cols = [(n, v) for n in sorted(by_size, key=int) for v in ("before", "after")]
@@ -498,6 +513,8 @@ def terms_report(lines: list[str], by_size: dict[str, Any]) -> None:
         ("top 100 (all rows)", lambda r: ms(r, "top100_dense")),
         ("top 100 (postings)", lambda r: ms(r, "top100")),
         ("top 100 (postings), filter allows 10 %", lambda r: ms(r, "top100_filter_0.1")),
+        ("top 100 (all rows), rare-word queries", lambda r: ms(r, "top100_dense_rare")),
+        ("top 100 (postings), rare-word queries", lambda r: ms(r, "top100_rare")),
         ("top 100 (postings) = sorted `scores()`", lambda r: (
             r["search"].get("top100_same_as_dense", "-"))),
         ("load average (1 min) at search start / end", lambda r: (

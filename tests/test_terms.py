@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,6 +77,7 @@ def test_saved_counts_load_memory_mapped(tmp_path: Path) -> None:
 GEN_WORDS = st.sampled_from(["red", "green", "blue", "cyan", "stone", "river", "42", "v1.2"])
 
 
+@pytest.mark.parametrize("sparse", [0, 10**9])  # sorted postings always, never
 @settings(max_examples=150, deadline=None)
 @given(
     texts=st.lists(
@@ -91,6 +93,7 @@ GEN_WORDS = st.sampled_from(["red", "green", "blue", "cyan", "stone", "river", "
     allowed_seed=st.integers(0, 2**32 - 1) | st.none(),
 )
 def test_top_is_the_best_of_dense_scores(
+    sparse: int,
     texts: list[str],
     cuts: list[int],
     dead: list[int],
@@ -106,6 +109,7 @@ def test_top_is_the_best_of_dense_scores(
         (TermCounts.build(texts[lo:hi]), live[lo:hi], lo) for lo, hi in itertools.pairwise(bounds)
     ]
     bm25 = SegmentedBM25(parts[::-1], n)  # parts in any order
+    bm25._SPARSE = sparse
     scores = bm25.scores(query)
     allowed = None
     if allowed_seed is not None:

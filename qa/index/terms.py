@@ -10,6 +10,9 @@ The result equals a fresh bm25s index of the same chunks (tested): the same toke
 (qa.lexical.tokenize) and the same formula, bm25s's default "lucene" variant
 (Kamphuis et al., ECIR 2020: idf = ln(1 + (N - df + 0.5) / (df + 0.5)),
 tf / (tf + k1 * (1 - b + b * dl / avgdl)), k1 = 1.5, b = 0.75).
+
+A query reads only its terms' postings: :meth:`SegmentedBM25.top` finds the k best
+without scoring or scanning every row (1M chunks: bench/scale.py, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ class TermCounts:
     vocab: dict[str, int]
     indptr: np.ndarray  # (n_terms + 1,) int64
     rows: np.ndarray  # (nnz,) int32
-    counts: np.ndarray  # (nnz,) float32
+    counts: np.ndarray  # (nnz,) uint16 (float32 if a chunk holds a term 65,536+ times)
     lengths: np.ndarray  # (n_chunks,) float32
 
     @classmethod
     def build(cls, texts: Sequence[str]) -> TermCounts:
-        """Counted in batches of token ids (qa.lexical.term_counts): 1M chunks in well
-        under the time and memory of a Python Counter a chunk (docs/performance.md)."""
+        """Counted in batches of token ids, in two passes through a temporary file so
+        that the (term, chunk) pairs are held once (qa.lexical.term_counts); 1M chunks:
+        docs/performance.md."""
         return cls(*term_counts(texts))
 
     def save(self, path: Path) -> None:
@@ -90,6 +94,10 @@ class SegmentedBM25:
     the chunks holding a query term; :meth:`scores` also writes a dense (size,) array. All
     three give the same float32 scores, bit for bit (each row's terms added in query order).
     """
+
+    # below size / _SPARSE pairs a query's candidates are found by sorting its postings
+    # (cost independent of size); above, through a zeroed (size,) array (see _candidates)
+    _SPARSE = 128
 
     def __init__(self, parts: list[tuple[TermCounts, np.ndarray, int]], size: int) -> None:
         self.parts = sorted(parts, key=lambda part: part[2])  # rows ascending across parts
@@ -157,15 +165,25 @@ class SegmentedBM25:
         return out
 
     def _candidates(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rows int64, each once, not sorted; their scores float32) of the live chunks
-        holding a query term. Costs O(pairs in the query terms' postings): the scores are
-        added into a (size,) array that is allocated zeroed (calloc: pages untouched stay
-        unmapped) and read back at the candidates only, never scanned whole."""
+        """(rows int64, each once; their scores float32) of the live chunks holding a
+        query term, each row's terms added in query order as :meth:`scores` does. Few
+        pairs (under size / 128): the postings' rows sorted and made unique, each term's
+        scores added at its rows' places (found by binary search). More: the scores added
+        into a zeroed (size,) array (one memset, 4 MB at 1M chunks) and read back at the
+        rows of the postings only, never scanned whole."""
         postings = self._postings(query)
         if not postings:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if len(postings) == 1:
             return postings[0]
+        if sum(len(rows) for rows, _ in postings) * self._SPARSE < self.size:
+            found = np.concatenate([rows for rows, _ in postings])
+            found.sort()  # then each row once (np.unique hashes: slower here)
+            found = found[np.concatenate([[True], found[1:] != found[:-1]])]
+            scores = np.zeros(len(found), dtype=np.float32)
+            for rows, values in postings:
+                scores[np.searchsorted(found, rows)] += values
+            return found, scores
         dense = np.zeros(self.size, dtype=np.float32)
         fresh = []
         for rows, values in postings:
