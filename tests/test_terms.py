@@ -5,6 +5,7 @@ dense scores, bit for bit."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from pathlib import Path
 from unittest import mock
@@ -139,3 +140,19 @@ def test_top_ties_keep_the_lower_rows() -> None:
     assert rows.tolist() == [0, 1, 2, 3]
     assert bm25.top("unknown", 3)[0].size == 0
     assert bm25.top("red", 0)[0].size == 0
+
+
+EVAL = Path(__file__).resolve().parent.parent / "eval"
+
+
+@pytest.mark.parametrize("corpus", sorted(p.parent.name for p in EVAL.glob("*/corpus.jsonl")))
+def test_term_counts_on_the_eval_corpora(corpus: str) -> None:
+    """Real texts (Unicode, identifiers, markup remains): the batched counts are
+    tokenize's, batch boundaries included."""
+    lines = (EVAL / corpus / "corpus.jsonl").read_text("utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in lines if line.strip()]
+    with mock.patch.object(qa.lexical, "_BATCH", 500):
+        counts = TermCounts.build(texts)
+    table, lengths = reference_counts(texts)
+    assert as_table(counts) == table
+    assert counts.lengths.tolist() == lengths
