@@ -28,6 +28,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -321,53 +322,75 @@ def part_bm25_search(n: int, work: Path, queries: int) -> dict[str, Any]:
     return out
 
 
-def _old_term_counts(texts: list[str]) -> Any:
-    """TermCounts.build as on main at 38360c9: tokenize, then a Counter a chunk."""
-    from collections import Counter as _Counter
+def _qa_from(source: str) -> str:
+    """Import ``qa`` from ``source`` (a tree of an earlier commit, see
+    :func:`qa_tree`) instead of this checkout; "-" for this checkout. Returns the path of
+    the ``qa`` imported."""
+    if source != "-":
+        sys.path.insert(0, source)
+    import qa
 
-    from qa.lexical import tokenize
-
-    vocab: dict[str, int] = {}
-    postings: list[list[tuple[int, int]]] = []
-    lengths = np.zeros(len(texts), dtype=np.float32)
-    for row, terms in enumerate(tokenize(texts) if texts else []):
-        lengths[row] = len(terms)
-        for term, count in _Counter(terms).items():
-            tid = vocab.setdefault(term, len(vocab))
-            if tid == len(postings):
-                postings.append([])
-            postings[tid].append((row, count))
-    return vocab, postings, lengths
+    return str(Path(qa.__file__).parent)
 
 
-def part_terms_build(n: int, work: Path, old: bool) -> dict[str, Any]:
-    """The index's BM25 data (qa.index.terms.TermCounts of one segment)."""
+def qa_tree(rev: str, target: Path) -> Path:
+    """``qa/`` as it was at commit ``rev`` (``git archive``), under ``target``."""
+    import io
+    import tarfile
+
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "qa"],
+        check=True,
+        capture_output=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def part_terms_build(n: int, work: Path, source: str) -> dict[str, Any]:
+    """The index's BM25 data (qa.index.terms.TermCounts of one segment): build and save."""
+    out: dict[str, Any] = {"qa": _qa_from(source), "load_avg": [os.getloadavg()[0]]}
     from qa.index.terms import TermCounts
 
     texts = make_texts(n)
     base = rss_mb()["VmRSS"]
     began, cpu = time.perf_counter(), time.process_time()
-    if old:
-        _old_term_counts(texts)
-        out: dict[str, Any] = {}
-    else:
-        counts = TermCounts.build(texts)
-        out = {"terms": len(counts.vocab), "nnz": len(counts.rows)}
+    counts = TermCounts.build(texts)
     out["build_s"] = time.perf_counter() - began
     out["build_cpu_s"] = time.process_time() - cpu
+    out["terms"], out["nnz"] = len(counts.vocab), len(counts.rows)
     out["texts_mb"] = base
     out["peak_mb"] = peak_mb()
     out["peak_above_texts_mb"] = peak_mb() - base
     out["chars"] = sum(map(len, texts))
-    if not old:
-        began = time.perf_counter()
-        counts.save(work)
-        out["write_s"] = time.perf_counter() - began
-        out["bytes"] = dir_bytes(work)
+    began = time.perf_counter()
+    counts.save(work)
+    out["write_s"] = time.perf_counter() - began
+    out["bytes"] = dir_bytes(work)
+    out["load_avg"].append(os.getloadavg()[0])
     return out
 
 
-def part_terms_search(n: int, work: Path, queries: int) -> dict[str, Any]:
+def make_rare_queries(count: int, seed: int = 17) -> list[str]:
+    """2-3 rare words (frequency ranks 10,000-20,000 of msmarco-5k) a query: short
+    postings, whose cost should not grow with the corpus."""
+    words, _ = vocabulary()
+    rng = np.random.default_rng(seed)
+    pool = words[10_000:20_000]
+    return [" ".join(rng.choice(pool, rng.integers(2, 4))) for _ in range(count)]
+
+
+def _dense_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Top ``k`` rows of all scores as qa.index.local's ``_top`` and ``lexical`` take them
+    (``argpartition`` over every row, then a stable sort; rows scoring 0 dropped)."""
+    part = np.argpartition(-scores, k)[:k]
+    rows = part[np.argsort(-scores[part], kind="stable")]
+    return rows[scores[rows] > 0]
+
+
+def part_terms_search(n: int, work: Path, queries: int, source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"qa": _qa_from(source), "load_avg": [os.getloadavg()[0]]}
     from qa.index.terms import SegmentedBM25, TermCounts
 
     qs = make_queries(queries)
@@ -375,22 +398,54 @@ def part_terms_search(n: int, work: Path, queries: int) -> dict[str, Any]:
     began = time.perf_counter()
     counts = TermCounts.load(work)
     bm25 = SegmentedBM25([(counts, np.ones(n, dtype=bool), 0)], n)
-    out: dict[str, Any] = {"load_s": time.perf_counter() - began}
+    out["load_s"] = time.perf_counter() - began
     after = rss_mb()
     out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
     out["scores"] = latencies(lambda i: bm25.scores(qs[i]), queries)
-
-    def top100(i: int) -> None:
-        s = bm25.scores(qs[i])
-        np.argpartition(-s, 100)[:100]
-
-    out["top100"] = latencies(top100, queries)
+    out["top100_dense"] = latencies(lambda i: _dense_top(bm25.scores(qs[i]), 100), queries)
+    rare = make_rare_queries(queries)
+    out["top100_dense_rare"] = latencies(lambda i: _dense_top(bm25.scores(rare[i]), 100), queries)
+    if hasattr(bm25, "top"):  # the top-k over the query terms' postings only
+        out["top100"] = latencies(lambda i: bm25.top(qs[i], 100), queries)
+        allowed = np.zeros(n, dtype=bool)
+        allowed[::10] = True
+        out["top100_filter_0.1"] = latencies(lambda i: bm25.top(qs[i], 100, allowed), queries)
+        rare = make_rare_queries(queries)
+        out["top100_rare"] = latencies(lambda i: bm25.top(rare[i], 100), queries)
+        same = 0
+        for query in qs:  # the same 100 rows as all scores sorted by (-score, row)
+            scores = bm25.scores(query)
+            order = np.lexsort((np.arange(n), -scores))[:100]
+            same += bm25.top(query, 100)[0].tolist() == order[scores[order] > 0].tolist()
+        out["top100_same_as_dense"] = f"{same}/{len(qs)}"
     end = rss_mb()
     out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
+    out["load_avg"].append(os.getloadavg()[0])
     return out
 
 
 # --- driver --------------------------------------------------------------------------------
+def terms_entry(n: int, queries: str, before: str) -> dict[str, Any]:
+    """BM25 term counts at ``n`` chunks: this checkout ("after") and, with ``before``, the
+    qa/ of that commit ("before"), each built, saved and searched in fresh processes."""
+    entry: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
+        versions = [("after", "-")]
+        if before:
+            versions.append(("before", str(qa_tree(before, Path(tmp) / "before"))))
+            entry["before_rev"] = before
+        for name, source in versions:
+            work = Path(tmp) / f"work-{name}"
+            work.mkdir()
+            print(f"bm25 term counts {n:,} ({name})", file=sys.stderr)
+            entry[name] = {
+                "build": run_part("terms-build", str(n), str(work), source),
+                "search": run_part("terms-search", str(n), str(work), queries, source),
+            }
+            shutil.rmtree(work)
+    return entry
+
+
 def run_part(*args: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.scale", "--part", *args]
     print("  $", " ".join(cmd[2:]), file=sys.stderr, flush=True)
@@ -412,6 +467,61 @@ def table(
     lines.append("|---|" + "---|" * len(sizes))
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(get(by_size[n]) for n in sizes) + " |")
+
+
+def terms_report(lines: list[str], by_size: dict[str, Any]) -> None:
+    """The BM25 term counts table: each size's "before" and "after" side by side."""
+    lines += ["", "#### BM25: the index's term counts (`qa.index.terms`)", ""]
+    revs = {e["before_rev"] for e in by_size.values() if "before_rev" in e}
+    lines.append(
+        "What a segment stores for BM25 (`TermCounts`: term frequencies by term, chunk "
+        "lengths), built, saved, loaded memory-mapped and searched (`SegmentedBM25`), one "
+        "segment of all-live chunks. *before*: `qa/` of main at "
+        f"{', '.join(sorted(revs)) or '-'} (`git archive`), *after*: this checkout; each "
+        "in fresh processes of the same run. *top 100 (all rows)*: `scores()` then "
+        "`argpartition` over every row, as `LocalSnapshot.lexical` does; *top 100 "
+        "(postings)*: `SegmentedBM25.top`, over the chunks holding a query term only. "
+        "Queries: 2-6 words of frequency ranks 50-20,000; rare-word queries: 2-3 words of "
+        "ranks 10,000-20,000."
+    )
+    lines.append("")
+    cols = [(n, v) for n in sorted(by_size, key=int) for v in ("before", "after")]
+    cols = [(n, v) for n, v in cols if v in by_size[n]]
+    lines.append("| | " + " | ".join(f"{int(n):,} chunks, {v}" for n, v in cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+
+    def ms(r: dict[str, Any], key: str) -> str:
+        return fmt_ms(r["search"][key]) if key in r["search"] else "-"
+
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("text (characters)", lambda r: f"{r['build']['chars'] / 1e6:.0f} M"),
+        ("terms / (term, chunk) pairs", lambda r: (
+            f"{r['build']['terms']:,} / {r['build']['nnz'] / 1e6:.1f} M")),
+        ("build s (CPU s)", lambda r: (
+            f"{r['build']['build_s']:.1f} ({r['build']['build_cpu_s']:.1f})")),
+        ("peak RSS of the build, MB (above the texts)", lambda r: (
+            f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})")),
+        ("load average (1 min) at build start / end", lambda r: (
+            " / ".join(f"{x:.1f}" for x in r["build"]["load_avg"]))),
+        ("save s", lambda r: f"{r['build']['write_s']:.1f}"),
+        ("bytes on disk", lambda r: f"{r['build']['bytes'] / 1e6:.0f} MB"),
+        ("load (memory-mapped) ms", lambda r: f"{r['search']['load_s'] * 1000:.0f}"),
+        ("RSS after searches, anon + file MB", lambda r: (
+            f"{r['search']['rss_after_search_mb']['RssAnon']:.0f} + "
+            f"{r['search']['rss_after_search_mb']['RssFile']:.0f}")),
+        ("`scores(query)`", lambda r: ms(r, "scores")),
+        ("top 100 (all rows)", lambda r: ms(r, "top100_dense")),
+        ("top 100 (postings)", lambda r: ms(r, "top100")),
+        ("top 100 (postings), filter allows 10 %", lambda r: ms(r, "top100_filter_0.1")),
+        ("top 100 (all rows), rare-word queries", lambda r: ms(r, "top100_dense_rare")),
+        ("top 100 (postings), rare-word queries", lambda r: ms(r, "top100_rare")),
+        ("top 100 (postings) = sorted `scores()`", lambda r: (
+            r["search"].get("top100_same_as_dense", "-"))),
+        ("load average (1 min) at search start / end", lambda r: (
+            " / ".join(f"{x:.1f}" for x in r["search"]["load_avg"]))),
+    ]  # fmt: skip
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(get(by_size[n][v]) for n, v in cols) + " |")
 
 
 def report(results: dict[str, Any]) -> str:
@@ -470,35 +580,8 @@ def report(results: dict[str, Any]) -> str:
     row("RSS after searches, exact float32, anon + file MB", lambda r: (
         f"{r['flat']['rss_after_search_mb']['RssAnon']:.0f} + "
         f"{r['flat']['rss_after_search_mb']['RssFile']:.0f}"))  # fmt: skip
-    lines += ["", "#### BM25: the index's term counts (`qa.index.terms`)", ""]
-    lines.append(
-        "What a segment stores for BM25 (`TermCounts`: term frequencies by term, chunk "
-        "lengths) and how a query is scored over it (`SegmentedBM25.scores`, then the 100 "
-        "best by `argpartition`), one segment, arrays memory-mapped."
-    )
-    lines.append("")
-    table(lines, results["terms"], [
-        ("text (characters)", lambda r: f"{r['build']['chars'] / 1e6:.0f} M"),
-        ("terms / (term, chunk) pairs", lambda r: (
-            f"{r['build']['terms']:,} / {r['build']['nnz'] / 1e6:.1f} M")),
-        ("build s (CPU s)", lambda r: (
-            f"{r['build']['build_s']:.1f} ({r['build']['build_cpu_s']:.1f})")),
-        ("peak RSS of the build, MB (above the texts)", lambda r: (
-            f"{r['build']['peak_mb']:.0f} ({r['build']['peak_above_texts_mb']:.0f})")),
-        ("build s (CPU s), main at 38360c9", lambda r: (
-            f"{r['old']['build_s']:.1f} ({r['old']['build_cpu_s']:.1f})"
-            if "old" in r else "not run")),
-        ("peak RSS MB, main at 38360c9 (above the texts)", lambda r: (
-            f"{r['old']['peak_mb']:.0f} ({r['old']['peak_above_texts_mb']:.0f})"
-            if "old" in r else "not run")),
-        ("bytes on disk", lambda r: f"{r['build']['bytes'] / 1e6:.0f} MB"),
-        ("load (memory-mapped) ms", lambda r: f"{r['search']['load_s'] * 1000:.0f}"),
-        ("RSS after searches, anon + file MB", lambda r: (
-            f"{r['search']['rss_after_search_mb']['RssAnon']:.0f} + "
-            f"{r['search']['rss_after_search_mb']['RssFile']:.0f}")),
-        ("`scores(query)`", lambda r: fmt_ms(r["search"]["scores"])),
-        ("`scores(query)` + top 100", lambda r: fmt_ms(r["search"]["top100"])),
-    ])  # fmt: skip
+    if results.get("terms"):
+        terms_report(lines, results["terms"])
     if results.get("bm25"):
         lines += ["", "#### BM25: `qa.lexical.BM25Index` (bm25s's precomputed scores)", ""]
         table(lines, results["bm25"], [
@@ -536,6 +619,11 @@ def main() -> None:
     parser.add_argument("--sweep", type=int, nargs="*", default=[10_000, 25_000, 50_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--old", type=int, nargs="*", default=[100_000])
+    parser.add_argument(
+        "--before",
+        default="a3ae5a7",
+        help="commit whose qa/ BM25 term counts are measured beside this checkout's ('' none)",
+    )
     parser.add_argument("--bm25index", type=int, nargs="*", default=[])
     parser.add_argument("--what", nargs="+", default=["dense", "terms"], choices=["dense", "terms"])
     parser.add_argument("--merge", type=Path, help="start from an earlier run's scale.json")
@@ -551,9 +639,9 @@ def main() -> None:
         elif name == "dense-search":
             result = part_dense_search(int(rest[0]), Path(rest[1]), int(rest[2]), rest[3])
         elif name == "terms-build":
-            result = part_terms_build(int(rest[0]), Path(rest[1]), rest[2] == "old")
+            result = part_terms_build(int(rest[0]), Path(rest[1]), rest[2])
         elif name == "terms-search":
-            result = part_terms_search(int(rest[0]), Path(rest[1]), int(rest[2]))
+            result = part_terms_search(int(rest[0]), Path(rest[1]), int(rest[2]), rest[3])
         elif name == "bm25-build":
             result = part_bm25_build(int(rest[0]), Path(rest[1]), rest[2] == "old")
         else:
@@ -580,14 +668,7 @@ def main() -> None:
                     "flat": run_part("dense-search", str(n), str(work), q, "flat"),
                 }
         if "terms" in args.what:
-            with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
-                work = Path(tmp)
-                print(f"bm25 term counts {n:,}", file=sys.stderr)
-                entry = {"build": run_part("terms-build", str(n), str(work), "new")}
-                entry["search"] = run_part("terms-search", str(n), str(work), q)
-                if n in args.old:
-                    entry["old"] = run_part("terms-build", str(n), str(work), "old")
-                results["terms"][str(n)] = entry
+            results["terms"][str(n)] = terms_entry(n, q, args.before)
         if n in args.bm25index:
             with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
                 work = Path(tmp)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from collections.abc import Sequence
 from itertools import chain, repeat
 from pathlib import Path
@@ -79,45 +80,60 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
 
 
 class _Terms:
-    """Term columns while building: each distinct group is split and stemmed once."""
+    """Term columns while building: each distinct token is split and stemmed once."""
 
-    _SENTINEL = "\u03c9"  # joins a batch's ASCII texts: a word character no ASCII text holds
+    _SENTINEL = "\x01"  # joins a batch's ASCII texts (a text holding it takes the other path)
     _NEXT, _MISSING = -3, -4
+    # Lower-cased ASCII as whitespace-separated tokens: a character that no group holds
+    # (anything but [a-z0-9_] and the separators - . + : /) becomes a space. A group never
+    # crosses such a character, so the groups of a token are those of the text there.
+    _SPACES = str.maketrans(
+        {c: " " for c in map(chr, range(128)) if not (c.isalnum() or c in "_-.+:/\x01")}
+    )
 
     def __init__(self) -> None:
         self.columns: dict[str, int] = {}  # term -> column
-        # group -> its one term's column, -1 for none, -5 - i for several (self._several[i])
+        # token -> its one term's column, -1 for none, -5 - i for several (self._several[i])
         self._code: dict[str, int] = {self._SENTINEL: self._NEXT}
         self._several: list[tuple[int, ...]] = []
 
-    def _add(self, key: str) -> None:
-        terms = tuple(self.columns.setdefault(t, len(self.columns)) for t in _key_terms(key))
+    def _add(self, token: str) -> None:
+        """Code of a token: the terms of its groups (:func:`_key_terms`), in order."""
+        terms = tuple(
+            self.columns.setdefault(t, len(self.columns))
+            for key in _GROUP.findall(token)
+            for t in _key_terms(key)
+        )
         if len(terms) <= 1:
             code = terms[0] if terms else -1
         else:
             code = -5 - len(self._several)
             self._several.append(terms)
-        self._code[key] = code
+        self._code[token] = code
 
     def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(text int32, column int32) of every term of ``texts``, one pair a term.
 
-        ASCII texts (most) are lower-cased and split in one regex pass over the batch
-        joined by a sentinel group; the others one at a time, as :func:`_keys` does."""
+        ASCII texts (most) are joined by a sentinel token, lower-cased, stripped of every
+        character that no group holds and split on whitespace, all in C; each distinct
+        token is cut into groups (:data:`_GROUP`) once. The others one at a time, as
+        :func:`_keys` does."""
         plain: list[str] = []
         plain_rows: list[int] = []
         owners: list[np.ndarray] = []
         cols: list[np.ndarray] = []
         for row, text in enumerate(texts):
             form = text if text.isascii() else search_form(text)
-            if form.isascii():
+            if form.isascii() and self._SENTINEL not in form:
                 plain.append(form)
                 plain_rows.append(row)
                 continue
             columns = [c for key in _keys(form) for c in self._columns_of(key)]
             owners.append(np.full(len(columns), row, dtype=np.int32))
             cols.append(np.asarray(columns, dtype=np.int32))
-        keys = _GROUP.findall(f" {self._SENTINEL} ".join(plain).lower())
+        joined = f" {self._SENTINEL} ".join(plain).lower().translate(self._SPACES)
+        keys = joined.split()
+        del joined
         codes = np.fromiter(map(self._code.get, keys, repeat(self._MISSING)), np.int32, len(keys))
         missing = np.flatnonzero(codes == self._MISSING).tolist()
         if missing:
@@ -125,27 +141,28 @@ class _Terms:
                 self._add(key)
             found = map(self._code.__getitem__, map(keys.__getitem__, missing))
             codes[missing] = np.fromiter(found, np.int32, len(missing))
+        del keys
         owner = np.asarray(plain_rows, dtype=np.int32)[np.cumsum(codes == self._NEXT)]
         one = codes >= 0
         owners.append(owner[one])
         cols.append(codes[one])
         several = np.flatnonzero(codes <= -5)
-        if len(several):  # identifiers and hyphenated words: each part and the whole
-            lists = [self._several[i] for i in range(len(self._several))]
+        if len(several):  # identifiers, hyphenated words, tokens of several groups
+            which, inverse = np.unique(-5 - codes[several], return_inverse=True)
+            lists = [self._several[i] for i in which.tolist()]
             sizes = np.fromiter(map(len, lists), np.int64, len(lists))
             flat = np.fromiter(chain.from_iterable(lists), np.int32, int(sizes.sum()))
-            which = -5 - codes[several]
-            size = sizes[which]
-            first = (np.cumsum(sizes) - sizes)[which]
+            size = sizes[inverse]
+            first = (np.cumsum(sizes) - sizes)[inverse]
             owners.append(np.repeat(owner[several], size))
             at = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
             cols.append(flat[np.repeat(first, size) + at])
         return np.concatenate(owners), np.concatenate(cols)
 
     def _columns_of(self, key: str) -> tuple[int, ...]:
-        code = self._code.get(key)
-        if code is None or code == self._NEXT:
+        if key.startswith(_COMPOUND_KEY) or key not in self._code or key == self._SENTINEL:
             return tuple(self.columns.setdefault(t, len(self.columns)) for t in _key_terms(key))
+        code = self._code[key]
         if code >= 0:
             return (code,)
         return () if code == -1 else self._several[-5 - code]
@@ -191,22 +208,68 @@ def term_counts(
     texts: Sequence[str],
 ) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Term frequencies of ``texts`` (tokens as :func:`tokenize`), by term: (term -> id,
-    indptr int64 (terms + 1,), rows int32 and counts float32 (one per (term, chunk) pair,
-    rows ascending within a term), lengths float32 (chunks,): terms a chunk).
+    indptr int64 (terms + 1,), rows int32 and counts (one per (term, chunk) pair, rows
+    ascending within a term; uint16, float32 where a chunk holds a term 65,536 times or
+    more), lengths float32 (chunks,): terms a chunk).
 
-    For term id t, ``rows[indptr[t]:indptr[t+1]]`` are the chunks holding it. Built in
-    batches of token ids (no per-token Python objects kept): 1M chunks in
-    docs/performance.md."""
-    data, indices, indptr, doc_len, vocab = _term_rows(texts)
-    csc = sp.csr_matrix((data, indices, indptr), shape=(len(texts), len(vocab))).tocsc()
-    del data, indices, indptr
-    return (
-        vocab,
-        csc.indptr.astype(np.int64),
-        csc.indices.astype(np.int32, copy=False),
-        csc.data.astype(np.float32, copy=False),
-        doc_len.astype(np.float32),
-    )
+    For term id t, ``rows[indptr[t]:indptr[t+1]]`` are the chunks holding it. Two passes,
+    so that the pairs are held once, by term: each batch of texts is counted into a small
+    (chunks x terms) CSC matrix whose pairs go to a temporary file (6 bytes a pair), then,
+    with every term's chunk count known, each batch's pairs are copied from the file to
+    their places in the output. Peak memory is the output (6 bytes a pair) plus one batch:
+    1M chunks in docs/performance.md."""
+    assert _BATCH < 2**16  # a batch's rows are spilled as uint16
+    terms = _Terms()
+    n = len(texts)
+    lengths = np.zeros(n, dtype=np.float32)
+    df = np.zeros(1024, dtype=np.int64)  # chunks holding each term, grown as terms appear
+    pieces: list[tuple[int, int, int]] = []  # (first row, distinct terms, pairs) a batch
+    most = 0
+    with tempfile.TemporaryFile(prefix="qa-terms-") as spill:
+        for start in range(0, n, _BATCH):
+            batch = texts[start : start + _BATCH]
+            owner, columns = terms.batch(batch)
+            width = len(terms.columns)
+            lengths[start : start + len(batch)] = np.bincount(owner, minlength=len(batch))
+            # duplicates summed and rows sorted within each column: the term frequencies
+            piece = sp.csc_matrix(
+                (np.ones(len(columns), dtype=np.int32), (owner, columns)),
+                shape=(len(batch), width),
+            )
+            del owner, columns
+            sizes = np.diff(piece.indptr)
+            if width > len(df):
+                df = np.concatenate([df, np.zeros(max(width, 2 * len(df)) - len(df), np.int64)])
+            df[:width] += sizes
+            present = np.flatnonzero(sizes).astype(np.int32)
+            present.tofile(spill)
+            sizes[present].astype(np.int32).tofile(spill)
+            piece.indices.astype(np.uint16).tofile(spill)
+            piece.data.astype(np.int32, copy=False).tofile(spill)
+            most = max(most, int(piece.data.max(initial=0)))
+            pieces.append((start, len(present), piece.nnz))
+            del piece, sizes, present
+        width = len(terms.columns)
+        indptr = np.zeros(width + 1, dtype=np.int64)
+        np.cumsum(df[:width], out=indptr[1:])
+        del df
+        nnz = int(indptr[-1])
+        rows = np.empty(nnz, dtype=np.int32)
+        counts = np.empty(nnz, dtype=np.uint16 if most < 2**16 else np.float32)
+        cursor = indptr[:-1].copy()  # where each term's next pair goes
+        spill.seek(0)
+        for first_row, present_count, pairs in pieces:
+            present = np.fromfile(spill, np.int32, present_count)
+            sizes = np.fromfile(spill, np.int32, present_count).astype(np.int64)
+            local = np.fromfile(spill, np.uint16, pairs)
+            data = np.fromfile(spill, np.int32, pairs)
+            at = np.repeat(cursor[present] - (np.cumsum(sizes) - sizes), sizes)
+            at += np.arange(pairs)
+            rows[at] = local.astype(np.int32) + first_row
+            counts[at] = data
+            cursor[present] += sizes
+            del present, sizes, local, data, at
+    return terms.columns, indptr, rows, counts, lengths
 
 
 def _score_matrix(
