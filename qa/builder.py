@@ -443,35 +443,54 @@ def build_index(
 
 
 def index_freshness(
-    corpus_dir: Path, index_dir: Path, spec: IndexSpec, limits: CorpusLimits | None = None
+    corpus_dir: Path,
+    index: Path | LocalIndexStore | MilvusStore,
+    spec: IndexSpec,
+    limits: CorpusLimits | None = None,
 ) -> tuple[str, str]:
-    """("fresh" | "missing" | "mismatch" | "stale" | "corrupt", why) for the index in service.
-    The corpus is read as a build reads it, within ``limits``."""
-    from qa.errors import IndexCorrupt, IndexMismatch, IndexNotReady
-    from qa.index import check_spec, current_generation_dir, read_manifest
+    """("fresh" | "missing" | "mismatch" | "stale" | "corrupt", why) for the generation in
+    service of ``index`` (a store, or a local index folder); see :func:`index_state`."""
+    state, why, _ = index_state(corpus_dir, index, spec, limits)
+    return state, why
 
-    gen_dir = current_generation_dir(index_dir)
-    if gen_dir is None:
-        return "missing", f"no index in {index_dir}"
+
+def index_state(
+    corpus_dir: Path,
+    index: Path | LocalIndexStore | MilvusStore,
+    spec: IndexSpec,
+    limits: CorpusLimits | None = None,
+) -> tuple[str, str, dict[str, Any] | None]:
+    """(state, why, the manifest of the generation in service or None) for ``index``. The
+    generation is loaded as a server loads it (checksums verified); the corpus is read as
+    an update reads it, within ``limits``: files whose stamp did not change are not opened.
+    Raises QAError when the corpus folder does not exist."""
+    from qa.errors import IndexCorrupt, IndexMismatch, IndexNotReady
+
+    store = LocalIndexStore(index) if isinstance(index, Path) else index
+    if store.current_key() is None:
+        return "missing", f"no index in {store}", None
     try:
-        manifest = read_manifest(gen_dir)
-        check_spec(manifest, spec, gen_dir)
+        snapshot = store.load(spec)
     except IndexMismatch as exc:
-        return "mismatch", exc.message
+        return "mismatch", exc.message, None
     except (IndexCorrupt, IndexNotReady) as exc:
-        return "corrupt", exc.message
+        return "corrupt", exc.message, None
+    manifest = snapshot.manifest
     if not corpus_dir.is_dir():
         raise QAError(f"corpus folder {corpus_dir} does not exist; set QA_CORPUS_DIR")
-    loaded = load_corpus(corpus_dir, limits)
+    known, trusted = _stamps(snapshot)
+    loaded = load_corpus(corpus_dir, limits, known=known, trust_before_ns=trusted)
     diff = diff_documents(
         {k: v["sha256"] for k, v in manifest["documents"].items()},
-        {d.doc_id: d.sha256 for d in loaded.documents},
+        {d.doc_id: d.sha256 for d in loaded.documents} | dict(loaded.kept),
     )
     if diff.any:
-        return "stale", (
+        return (
+            "stale",
             f"corpus changed: {len(diff.added)} added, {len(diff.changed)} changed, "
-            f"{len(diff.removed)} removed, {len(diff.renamed)} renamed"
+            f"{len(diff.removed)} removed, {len(diff.renamed)} renamed",
+            manifest,
         )
     if loaded.skipped_rows() != manifest["skipped"]:
-        return "stale", "the files that cannot be read changed"
-    return "fresh", f"generation {manifest['generation']} matches the corpus"
+        return "stale", "the files that cannot be read changed", manifest
+    return "fresh", f"generation {manifest['generation']} matches the corpus", manifest

@@ -259,22 +259,25 @@ def index_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Show the generation in service and whether it matches the corpus."""
-    from qa.assemble import spec_from_settings
-    from qa.builder import index_freshness
+    from qa.assemble import spec_from_settings, store_from_settings
+    from qa.builder import index_state
     from qa.extraction import CorpusLimits
-    from qa.index import current_generation_dir, read_manifest
 
     settings = _settings(ctx)
     with _errors():
-        state, why = index_freshness(
+        store = store_from_settings(settings)
+        state, why, manifest = index_state(
             Path(settings.corpus_dir),
-            Path(settings.index_dir),
+            store,
             spec_from_settings(settings),
             CorpusLimits.from_settings(settings),
         )
-        gen_dir = current_generation_dir(Path(settings.index_dir))
-        manifest = read_manifest(gen_dir) if gen_dir and state != "corrupt" else None
-    info: dict[str, Any] = {"state": state, "detail": why, "index_dir": str(settings.index_dir)}
+    info: dict[str, Any] = {
+        "state": state,
+        "detail": why,
+        "index_dir": str(settings.index_dir),
+        "store": str(store),
+    }
     if manifest:
         info.update(
             generation=manifest["generation"],

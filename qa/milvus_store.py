@@ -259,6 +259,10 @@ class MilvusIndex:
         if uri.endswith(".db"):
             parent = os.path.dirname(os.path.abspath(uri))
             os.makedirs(parent, exist_ok=True)
+            # the embedded server logs a traceback for each timestamp request of a paged
+            # query, which Milvus Lite does not implement; pymilvus then pages without one
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+        logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
         self.uri = uri
         self.dimension = int(dimension)
         self.prefix = prefix
@@ -276,6 +280,16 @@ class MilvusIndex:
         self.sentences_name = f"{prefix}_sentences"
         self.documents_name = f"{prefix}_documents"
         self.meta_name = f"{prefix}_meta"
+        self._load_existing()
+
+    def _load_existing(self) -> None:
+        """Load the collections that exist into memory: an embedded Milvus Lite database
+        opened by a new process holds them released, and a released collection refuses
+        queries (a server keeps them loaded; loading again is a no-op there)."""
+        names = (self.chunks_name, self.sentences_name, self.documents_name, self.meta_name)
+        for name in names:
+            if self.client.has_collection(name):
+                self.client.load_collection(name, timeout=self.timeout)
 
     # ------------------------------------------------------------------ schema
 

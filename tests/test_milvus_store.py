@@ -778,3 +778,66 @@ def test_exact_identifiers_score_as_the_local_store(tmp_path: Path) -> None:
             pairs = sorted(zip(got.ids.tolist(), got.scores.round(5).tolist(), strict=True))
             wanted = sorted(zip(want.ids.tolist(), want.scores.round(5).tolist(), strict=True))
             assert pairs == wanted, (question, filters)
+
+
+def test_freshness_of_a_milvus_index(
+    settings, fake_embedder, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """`qa index status` and `qa serve`'s check read the generation in Milvus, not a local
+    folder: missing, fresh, stale after a change, mismatch for another model."""
+    from qa.assemble import spec_from_settings, store_from_settings
+    from qa.builder import build_index, index_freshness, index_state
+
+    ms = _milvus_settings(settings, tmp_path)
+    spec = spec_from_settings(ms)
+    store = store_from_settings(ms)
+    assert index_freshness(corpus_dir, store, spec)[0] == "missing"
+    build_index(corpus_dir, store, fake_embedder, spec)
+    state, why, manifest = index_state(corpus_dir, store, spec)
+    assert state == "fresh", why
+    assert manifest is not None and manifest["store"]["kind"] == "milvus"
+    assert manifest["counts"]["documents"] == 2
+    (corpus_dir / "notes" / "baking.md").unlink()
+    state, why = index_freshness(corpus_dir, store, spec)
+    assert state == "stale" and "1 removed" in why
+    other = spec_from_settings(ms.model_copy(update={"embedding_model": "x"}))
+    assert index_freshness(corpus_dir, store, other)[0] == "mismatch"
+
+
+_WRITER = """
+import sys
+from qa.milvus_store import MilvusIndex
+from tests.test_milvus_store import DIM, first_generation
+
+snapshot = first_generation(MilvusIndex(sys.argv[1], dimension=DIM, prefix="reopened"))
+print(1, len(snapshot), sorted(d.doc_id for d in snapshot.documents())[0])
+"""
+_READER = """
+import sys
+from qa.milvus_store import MilvusIndex
+from tests.test_milvus_store import DIM
+
+store = MilvusIndex(sys.argv[1], dimension=DIM, prefix="reopened")
+snapshot = store.snapshot()
+print(store.current(), len(snapshot), sorted(d.doc_id for d in snapshot.documents())[0])
+"""
+
+
+def test_a_new_process_reads_an_embedded_database_another_one_wrote(tmp_path: Path) -> None:
+    """`qa index build` then `qa serve` (or `qa ask`): the second process opens the
+    embedded .db, whose collections Milvus Lite reopens released, and reads it."""
+    db = str(tmp_path / "reopened.db")
+    root = Path(__file__).resolve().parent.parent
+    outputs = []
+    for script in (_WRITER, _READER):  # one process after the other, as the CLI runs
+        out = subprocess.run(
+            [sys.executable, "-c", script, db],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        outputs.append(out.stdout.strip().splitlines()[-1])
+    assert outputs[1] == outputs[0] and outputs[0].startswith("1 ")
