@@ -434,6 +434,19 @@ def serve(
 
     settings = _settings(ctx)
     with _errors():
+        uri = settings.milvus_uri_resolved
+        if (
+            (workers or settings.workers) > 1
+            and settings.vector_store == "milvus"
+            and (uri.endswith(".db"))
+        ):
+            from qa.errors import InvalidRequest
+
+            raise InvalidRequest(
+                f"an embedded Milvus Lite database ({uri}) admits one process, not "
+                f"{workers or settings.workers} workers: run `milvus-lite server --data-dir D "
+                "--port P` and set QA_MILVUS_URI=http://127.0.0.1:P, or serve with one worker"
+            )
         if build and settings.vector_store == "milvus":
             # the store says what it holds; nothing is written when the corpus matches it
             _print_report(run_build(settings, skip_if_unchanged=True, wait=True))

@@ -841,3 +841,22 @@ def test_a_new_process_reads_an_embedded_database_another_one_wrote(tmp_path: Pa
         assert out.returncode == 0, out.stderr[-2000:]
         outputs.append(out.stdout.strip().splitlines()[-1])
     assert outputs[1] == outputs[0] and outputs[0].startswith("1 ")
+
+
+def test_serve_refuses_workers_on_an_embedded_database(tmp_path: Path) -> None:
+    """Several processes cannot open one embedded .db: `qa serve --workers 2` says so and
+    what to run instead, before building or binding anything."""
+    from typer.testing import CliRunner
+
+    from qa.cli import app
+
+    env = {
+        "QA_VECTOR_STORE": "milvus",
+        "QA_INDEX_DIR": str(tmp_path / "index"),
+        "QA_CORPUS_DIR": str(tmp_path / "missing"),
+    }
+    out = CliRunner().invoke(app, ["serve", "--workers", "2"], env=env)
+    assert out.exit_code == 1
+    text = " ".join(out.output.split())
+    assert "admits one process" in text and "milvus-lite server" in text
+    assert not (tmp_path / "index").exists()
