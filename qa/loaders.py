@@ -47,19 +47,28 @@ class Skipped:
 
 @dataclass(frozen=True)
 class FileStamp:
-    """What an index knows of a corpus file it read: size and modification time (ns), the
-    (doc id, sha256) of the documents it gave, and the (path, reason) of what inside it
-    could not be read (BEIR rows, DOCX parts)."""
+    """What an index knows of a corpus file it read: size, modification and status-change
+    times (ns) and inode, as git's index keeps them (a tool that sets the modification
+    time back after an edit still changes the status-change time), the (doc id, sha256)
+    of the documents it gave, and the (path, reason) of what inside it could not be read
+    (BEIR rows, DOCX parts). A stamp without ctime or inode (-1) never matches a file."""
 
     size: int
     mtime_ns: int
     docs: tuple[tuple[str, str], ...]
     problems: tuple[tuple[str, str], ...] = ()
+    ctime_ns: int = -1
+    ino: int = -1
+
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.ino)
 
     def as_json(self) -> dict[str, object]:
         return {
             "size": self.size,
             "mtime_ns": self.mtime_ns,
+            "ctime_ns": self.ctime_ns,
+            "ino": self.ino,
             "docs": [list(d) for d in self.docs],
             "problems": [list(p) for p in self.problems],
         }
@@ -74,6 +83,8 @@ class FileStamp:
             int(str(row["mtime_ns"])),
             tuple((str(d[0]), str(d[1])) for d in docs),
             tuple((str(p[0]), str(p[1])) for p in problems),
+            int(str(row.get("ctime_ns", -1))),
+            int(str(row.get("ino", -1))),
         )
 
 
@@ -103,7 +114,7 @@ def load_corpus(
     ``limits`` by ``extractor``'s worker process (qa.extraction; default: the settings'
     limits and the process-wide extractor). What cannot be read is skipped with the reason.
 
-    A file ``known`` with the same size and modification time is not read again: its
+    A file ``known`` with the same size, times and inode is not read again: its
     documents are listed in ``kept`` (id and hash) and its problems re-reported, as git
     trusts its index. Only a time before ``trust_before_ns`` is trusted (the start of the
     scan that made the stamp, less the coarsest file-time granularity), so a file written
@@ -118,18 +129,18 @@ def load_corpus(
     report = LoadReport(skipped=[Skipped(rel, reason) for rel, reason in found.skipped])
     seen: set[str] = set()
     to_read = []
-    stats: dict[str, tuple[int, int]] = {}
+    stats: dict[str, tuple[int, int, int, int]] = {}
     for file in found.files:
         try:
             st = os.stat(file.path)
         except OSError:
             to_read.append(file)
             continue
-        stats[file.rel] = (st.st_size, st.st_mtime_ns)
+        stats[file.rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         stamp = known.get(file.rel) if known else None
         if (
             stamp is not None
-            and (stamp.size, stamp.mtime_ns) == stats[file.rel]
+            and stamp.key() == stats[file.rel]
             and st.st_mtime_ns < trust_before_ns
             and not seen.intersection(d for d, _ in stamp.docs)
         ):
@@ -157,9 +168,14 @@ def load_corpus(
             report.documents.append(doc)
             accepted.append((doc.doc_id, doc.sha256))
         if file.rel in stats and not duplicates:  # a file with duplicates is read every time
-            size, mtime_ns = stats[file.rel]
+            size, mtime_ns, ctime_ns, ino = stats[file.rel]
             report.stamps[file.rel] = FileStamp(
-                size, mtime_ns, tuple(accepted), tuple((s.path, s.reason) for s in problems)
+                size,
+                mtime_ns,
+                tuple(accepted),
+                tuple((s.path, s.reason) for s in problems),
+                ctime_ns,
+                ino,
             )
     report.skipped.sort(key=lambda s: (s.path, s.reason))
     return report

@@ -508,37 +508,52 @@ class MilvusIndex:
         rows = self._query(self.meta_name, 'kind == "generation"', ["value", "info"])
         return {int(r["value"]): json.loads(r["info"]) for r in rows}
 
-    def set_sources(self, generation: int, sources: dict[str, Any]) -> None:
-        """Keep the corpus file stamps a generation was built from (qa.loaders.FileStamp as
-        JSON, by file), so that the next update opens only files whose stamp changed. Kept
-        in the meta collection as pieces of one JSON text (a VARCHAR holds 64 KB)."""
-        text = json.dumps(sources, ensure_ascii=False, sort_keys=True)
+    def set_listing(self, kind: str, generation: int, value: Any) -> None:
+        """Keep a generation's corpus-sized listing (``kind`` "sources": the file stamps
+        it was built from, qa.loaders.FileStamp as JSON by file; "skipped": every file or
+        row that could not be read) in the meta collection, as pieces of one JSON text (a
+        VARCHAR holds 64 KB). Pruned with the generation."""
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True)
         pieces = [text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)] or [""]
         rows = []
         for n, piece in enumerate(pieces):
-            row = self._meta_row(_row_pk("sources", generation, n), "sources", generation, {})
+            row = self._meta_row(_row_pk(kind, generation, n), kind, generation, {})
             row["info"], row["piece"], row["chunks"] = piece, n, len(pieces)
             rows.append(row)
         self._upsert(self.meta_name, rows)
 
-    def sources(self, generation: int) -> dict[str, Any]:
-        """The file stamps :meth:`set_sources` kept for ``generation`` ({} if none, or if a
-        piece is missing: then the next update reads every file, as without stamps)."""
+    def listing(self, kind: str, generation: int) -> Any:
+        """What :meth:`set_listing` kept, or None if nothing or a piece is missing."""
         rows = list(
             self._iterate(
                 self.meta_name,
-                f'kind == "sources" and value == {int(generation)}',
+                f"kind == {quote(kind)} and value == {int(generation)}",
                 ["piece", "chunks", "info"],
             )
         )
         rows.sort(key=lambda r: int(r["piece"]))
         if not rows or [int(r["piece"]) for r in rows] != list(range(int(rows[0]["chunks"]))):
-            return {}
+            return None
         try:
-            found = json.loads("".join(str(r["info"]) for r in rows))
+            return json.loads("".join(str(r["info"]) for r in rows))
         except ValueError:
-            return {}
+            return None
+
+    def set_sources(self, generation: int, sources: dict[str, Any]) -> None:
+        """Keep the corpus file stamps of ``generation``: the next update opens only files
+        whose stamp changed."""
+        self.set_listing("sources", generation, sources)
+
+    def sources(self, generation: int) -> dict[str, Any]:
+        """The file stamps kept for ``generation`` ({} if none or incomplete: then the next
+        update reads every file, as without stamps)."""
+        found = self.listing("sources", generation)
         return found if isinstance(found, dict) else {}
+
+    def skipped(self, generation: int) -> list[dict[str, Any]] | None:
+        """Every file or row ``generation`` could not read (None if not kept whole)."""
+        found = self.listing("skipped", generation)
+        return found if isinstance(found, list) else None
 
     def _set_record(self, generation: int, info: dict[str, Any]) -> None:
         """Store a generation's record (one JSON VARCHAR): a long list of skipped files is
@@ -613,6 +628,8 @@ class MilvusIndex:
         if touched:
             self.flush()
         stale = [g for g in self.generations() if g > current]
+        listed = f'kind in ["sources", "skipped"] and value > {current}'
+        stale += [int(r["pk"]) for r in self._iterate(self.meta_name, listed, ["pk"])]
         if stale:
             self.client.delete(self.meta_name, ids=stale, timeout=self.timeout)
         return touched
@@ -636,7 +653,7 @@ class MilvusIndex:
                 self.client.delete(name, ids=[int(r["pk"]) for r in dead], timeout=self.timeout)
                 removed += len(dead)
         old_records = [g for g in self.generations() if g < oldest]
-        old_stamps = f'kind == "sources" and value < {oldest}'
+        old_stamps = f'kind in ["sources", "skipped"] and value < {oldest}'
         old_records += [int(r["pk"]) for r in self._iterate(self.meta_name, old_stamps, ["pk"])]
         if old_records:
             self.client.delete(self.meta_name, ids=old_records, timeout=self.timeout)
@@ -1107,11 +1124,12 @@ class MilvusSnapshot:
                 "documents": len(docs),
                 "chunks": sum(int(m["chunks"]) for m in docs.values()),
                 "sentences": sum(int(m["sentences"]) for m in docs.values()),
-                "skipped": len(self.record.get("skipped", [])),
+                "skipped": len(self.record.get("skipped", []))
+                + int(self.record.get("skipped_left_out", 0)),
                 "segments": 0,
             },
             "documents": docs,
-            "skipped": self.record.get("skipped", []),
+            "skipped": self.index.skipped(self._generation) or self.record.get("skipped", []),
             "stats": self.stats,
             "sources": self.index.sources(self._generation),
             "scanned_ns": int(self.record.get("scanned_ns", 0)),
@@ -1282,10 +1300,10 @@ class MilvusSnapshot:
             keys = {i: self._row_keys.get(i) for i in fetch}
             by_key = [k for k in keys.values() if k is not None]
             rows = []
-            if by_key:
-                rows = self.index.client.get(
+            for lo in range(0, len(by_key), ID_BATCH):
+                rows += self.index.client.get(
                     self.index.chunks_name,
-                    ids=by_key,
+                    ids=by_key[lo : lo + ID_BATCH],
                     output_fields=ROW_FIELDS,
                     timeout=self.index.timeout,
                 )
@@ -1364,6 +1382,7 @@ class MilvusSnapshot:
             )
             fresh: dict[int, list[dict[str, Any]]] = {cid: [] for cid in fetch}
             for r in rows:
+                r["vector"] = np.asarray(r["vector"], dtype=np.float32)  # not a list of floats
                 fresh[int(r["chunk_id"])].append(r)
             for cid, found in fresh.items():
                 self._sentence_cache.put(cid, found)
@@ -1623,7 +1642,8 @@ class MilvusStore:
                     )
                 )
         current = index.current()
-        last = self._loaded if self._loaded and self._loaded.generation == current else None
+        loaded = self._loaded
+        last = loaded if loaded is not None and loaded.generation == current else None
         in_service = last or (index.snapshot(current) if current else None)
         before = {d.doc_id for d in in_service.documents()} if in_service else set()
         written = {w.document.doc_id for w in writes}
@@ -1642,6 +1662,7 @@ class MilvusStore:
             },
         )
         index.set_sources(generation, payload.sources)
+        index.set_listing("skipped", generation, payload.skipped)
         index.publish(generation)
         index.prune(self.keep)
         return Path(f"milvus/{self.prefix}/gen-{generation:06d}")

@@ -860,3 +860,29 @@ def test_serve_refuses_workers_on_an_embedded_database(tmp_path: Path) -> None:
     text = " ".join(out.output.split())
     assert "admits one process" in text and "milvus-lite server" in text
     assert not (tmp_path / "index").exists()
+
+
+def test_many_unreadable_files_do_not_make_the_index_stale(
+    settings, fake_embedder, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """The generation record holds 64 KB; the whole skip list is kept beside it, so an
+    unchanged corpus with hundreds of unreadable files is fresh and is not rebuilt."""
+    from qa.assemble import spec_from_settings, store_from_settings
+    from qa.builder import build_index, index_state
+
+    broken = corpus_dir / "broken"
+    broken.mkdir()
+    for i in range(600):
+        (broken / f"an-unreadable-attachment-with-a-long-name-{i:04d}.txt").write_bytes(b"\0x")
+    ms = _milvus_settings(settings, tmp_path)
+    spec = spec_from_settings(ms)
+    store = store_from_settings(ms)
+    first = build_index(corpus_dir, store, fake_embedder, spec)
+    assert len(first.skipped) == 600
+    snapshot = store.load(spec)
+    assert len(snapshot.record["skipped"]) < 600  # the record itself was cut to fit
+    state, why, manifest = index_state(corpus_dir, store, spec)
+    assert state == "fresh", why
+    assert manifest is not None and manifest["counts"]["skipped"] == 600
+    again = build_index(corpus_dir, store, fake_embedder, spec, skip_if_unchanged=True)
+    assert again.up_to_date and again.generation == first.generation

@@ -92,3 +92,31 @@ def test_the_manifest_records_every_file_stamp(tmp_path: Path) -> None:
         ("rows.jsonl#b", manifest["documents"]["rows.jsonl#b"]["sha256"]),
     )
     assert stamps["rows.jsonl"].problems and 0 < manifest["scanned_ns"] <= time.time_ns()
+
+
+def test_an_edit_with_its_mtime_put_back_is_seen(tmp_path: Path) -> None:
+    """Tools that normalise modification times (SOURCE_DATE_EPOCH builds, `touch -r`,
+    some sync tools) can hide an edit from size + mtime; the status-change time, which no
+    user tool sets back, still shows it."""
+    corpus = make_corpus(tmp_path)
+    first = load_corpus(corpus)
+    note = corpus / "note-4.md"
+    st = note.stat()
+    note.write_text(note.read_text().replace("item 4", "item Z"))  # same size
+    os.utime(note, ns=(st.st_atime_ns, st.st_mtime_ns))  # modification time put back
+    assert (note.stat().st_size, note.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    spy = SpyExtractor()
+    load_corpus(corpus, extractor=spy, known=first.stamps, trust_before_ns=time.time_ns())
+    assert spy.read == ["note-4.md"]
+
+
+def test_a_stamp_from_before_ctime_was_kept_is_not_trusted(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path)
+    first = load_corpus(corpus)
+    old = {
+        rel: FileStamp.from_json({k: v for k, v in s.as_json().items() if k not in ("ctime_ns",)})
+        for rel, s in first.stamps.items()
+    }
+    spy = SpyExtractor()
+    load_corpus(corpus, extractor=spy, known=old, trust_before_ns=time.time_ns())
+    assert sorted(spy.read) == sorted(first.stamps)
