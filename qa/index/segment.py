@@ -214,12 +214,14 @@ def write_segment(
     spans = np.asarray([(c.start, c.end) for c in chunks], dtype=np.int64).reshape(n, 2)
     byte_spans = np.zeros((n, 2), dtype=np.int64)
     text_offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    by_doc = np.argsort(doc_of, kind="stable")
+    bounds = np.searchsorted(doc_of[by_doc], np.arange(len(docs) + 1))
     with (tmp / "texts.txt").open("wb") as fh:
         at = 0
         for i, d in enumerate(docs):
             encoded = d.text.encode("utf-8")
             fh.write(encoded)
-            rows = np.flatnonzero(doc_of == i)
+            rows = by_doc[bounds[i] : bounds[i + 1]]
             if len(rows):
                 byte_spans[rows] = at + byte_offsets(d.text, encoded, spans[rows])
             at += len(encoded)
@@ -252,11 +254,10 @@ def write_segment(
     indptr = np.searchsorted(sentences[order, 0], np.arange(n + 1), side="left")
     _save(tmp / "sentence_indptr.npy", indptr.astype(np.int64))
     _save(tmp / "sentence_spans.npy", sentences[order, 1:])
-    sentence_vectors = np.asarray(payload.sentence_vectors, dtype=np.float32)
-    _save(
-        tmp / "sentence_vectors.npy",
-        sentence_vectors.reshape(-1, payload.dimension)[order].astype(np.float16),
-    )
+    sentence_vectors = np.asarray(payload.sentence_vectors).reshape(-1, payload.dimension)
+    if len(order) and (np.diff(order) < 0).any():  # not yet in chunk order
+        sentence_vectors = sentence_vectors[order]
+    _save(tmp / "sentence_vectors.npy", sentence_vectors.astype(np.float16, copy=False))
     vectors = FaissStore.write(
         tmp, np.asarray(payload.chunk_vectors).reshape(n, payload.dimension), ann or AnnConfig()
     )
