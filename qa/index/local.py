@@ -283,7 +283,13 @@ class LocalSnapshot:
     # ------------------------------------------------------------------ contents
     def _chunks_at(self, rows: np.ndarray) -> list[Chunk]:
         seg_of, local = self._locate(rows)
-        return [self._segments[int(s)].chunk(int(r)) for s, r in zip(seg_of, local, strict=True)]
+        out: list[Chunk] = []
+        order = np.argsort(seg_of, kind="stable")
+        for s in np.unique(seg_of):  # a segment's rows read together, then put in order
+            out += self._segments[int(s)].chunks(local[order][seg_of[order] == s])
+        back = np.empty(len(rows), dtype=np.int64)
+        back[order] = np.arange(len(rows))
+        return [out[i] for i in back.tolist()]
 
     def chunks(self, ids: np.ndarray) -> list[Chunk]:
         return self._chunks_at(self.rows(ids))

@@ -112,20 +112,32 @@ class Segment:
             sha256=row["sha256"],
         )
 
-    def chunk(self, r: int) -> Chunk:
-        """The chunk of segment row ``r``; its text is its bytes of texts.txt, decoded."""
-        lo, hi = (int(x) for x in self.byte_spans[r])
-        page, heading = int(self.pages[r]), int(self.heading_rows[r])
-        return Chunk(
-            doc_id=self.doc_rows[int(self.docs[r])]["doc_id"],
-            start=int(self.spans[r, 0]),
-            end=int(self.spans[r, 1]),
-            text=bytes(self.texts[lo:hi]).decode("utf-8"),
-            line_start=int(self.lines[r, 0]),
-            line_end=int(self.lines[r, 1]),
-            page=None if page < 0 else page,
-            heading=self.headings[heading] if heading >= 0 else "",
-        )
+    def chunks(self, rows: np.ndarray) -> list[Chunk]:
+        """The chunks of some segment rows, in order: each column read once for all of
+        them, each text its bytes of texts.txt, decoded."""
+        rows = np.asarray(rows, dtype=np.int64)
+        texts = self.texts.data  # a memoryview: slicing it makes no array object
+        doc_ids = [self.doc_rows[d]["doc_id"] for d in self.docs[rows].tolist()]
+        spans = self.spans[rows].tolist()
+        byte_spans = self.byte_spans[rows].tolist()
+        lines = self.lines[rows].tolist()
+        pages = self.pages[rows].tolist()
+        headings = self.heading_rows[rows].tolist()
+        return [
+            Chunk(
+                doc_id=doc_id,
+                start=span[0],
+                end=span[1],
+                text=str(texts[b[0] : b[1]], "utf-8"),
+                line_start=line[0],
+                line_end=line[1],
+                page=None if page < 0 else page,
+                heading=self.headings[heading] if heading >= 0 else "",
+            )
+            for doc_id, span, b, line, page, heading in zip(
+                doc_ids, spans, byte_spans, lines, pages, headings, strict=True
+            )
+        ]
 
 
 def segment_name(generation: int) -> str:
