@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MSMARCO = ROOT.parent / "shared" / "benchmarks" / "msmarco-5k" / "corpus.jsonl"
 DIM = 384
 BEGIN, END = "<!-- bench.scale: begin -->", "<!-- bench.scale: end -->"
+LOCAL_BEGIN, LOCAL_END = "<!-- bench.scale local: begin -->", "<!-- bench.scale local: end -->"
 
 
 # --- synthetic data ------------------------------------------------------------------------
@@ -619,10 +620,9 @@ def part_local_update(n: int, work: Path) -> dict[str, Any]:
     return out
 
 
-def local_report(lines: list[str], results: dict[str, Any]) -> None:
-    if not results.get("local"):
-        return
-    lines += ["", "#### A whole local generation (`qa.index`, `Searcher.search`)", ""]
+def local_report(results: dict[str, Any]) -> str:
+    """The section of docs/performance.md between LOCAL_BEGIN and LOCAL_END."""
+    lines = [LOCAL_BEGIN, "### Output of `python -m bench.scale --what local`", ""]
     lines.append(
         f"One segment of synthetic chunks ({CHUNKS_PER_DOC} a document, "
         f"{SENTENCES_PER_CHUNK} sentence vectors a chunk) written by `LocalIndexStore.write`, "
@@ -673,6 +673,9 @@ def local_report(lines: list[str], results: dict[str, Any]) -> None:
             f"{r['update']['bytes_written'] / 1e6:.2f} MB ({100 * r['update']['share']:.2f} %)")),
         ("  reload of the new generation s", lambda r: f"{r['update']['reload_s']:.2f}"),
     ])  # fmt: skip
+    lines += ["", f"({results['machine']}; latencies p50 / p95 ms, one query at a time.)"]
+    lines += ["", LOCAL_END]
+    return "\n".join(lines) + "\n"
 
 
 # --- driver --------------------------------------------------------------------------------
@@ -849,16 +852,15 @@ def report(results: dict[str, Any]) -> str:
             ("`top(query, 100)`", lambda r: fmt_ms(r["search"]["top100"])),
             ("`scores(query)`", lambda r: fmt_ms(r["search"]["scores"])),
         ])  # fmt: skip
-    local_report(lines, results)
     lines += ["", END]
     return "\n".join(lines) + "\n"
 
 
-def write(doc: Path, section: str) -> None:
+def write(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
     text = doc.read_text(encoding="utf-8")
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         text = before + section + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -948,12 +950,18 @@ def main() -> None:
                     entry["old"] = run_part("bm25-build", str(n), str(work), "old")
                 results["bm25"][str(n)] = entry
         print(json.dumps(results, indent=1, default=str), file=sys.stderr)
-    section = report(results)
-    print(section)
     (ROOT / "bench" / "out").mkdir(exist_ok=True)
     (ROOT / "bench" / "out" / "scale.json").write_text(json.dumps(results, indent=1))
-    if args.write:
-        write(args.write, section)
+    if any(results[k] for k in ("sweep", "dense", "terms", "bm25")):
+        section = report(results)
+        print(section)
+        if args.write:
+            write(args.write, section)
+    if results["local"]:
+        local = local_report(results)
+        print(local)
+        if args.write:
+            write(args.write, local, LOCAL_BEGIN, LOCAL_END)
 
 
 def platform_line() -> str:

@@ -259,3 +259,34 @@ def test_an_index_of_the_previous_format_must_be_rebuilt(tmp_path: Path) -> None
     manifest_path.write_text(json.dumps(manifest), "utf-8")
     with pytest.raises(IndexMismatch, match="rebuild"):
         load_current(tmp_path, SPEC)
+
+
+def test_a_segment_is_hashed_once_a_process_then_checked_by_size_and_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qa.errors import IndexCorrupt
+    from qa.index import segment as segment_module
+
+    publish(LocalIndexStore(tmp_path), synthetic(20, 3))
+    hashed: list[str] = []
+    original = segment_module.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return original(path)
+
+    monkeypatch.setattr(segment_module, "sha256_file", counting)
+    monkeypatch.setattr(segment_module, "_VERIFIED", {})  # as a fresh process
+    load_current(tmp_path, SPEC)
+    assert "vectors.npy" in hashed  # first load in this process: every file
+    hashed.clear()
+    load_current(tmp_path, SPEC)
+    assert hashed == ["manifest.json"], "unchanged: only the segment's manifest is hashed"
+    # a file replaced by one of the same size (a new inode) is hashed again, and caught
+    victim = tmp_path / "segments" / "seg-000001" / "vectors.npy"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    (victim.parent / "swap").write_bytes(bytes(data))
+    (victim.parent / "swap").replace(victim)
+    with pytest.raises(IndexCorrupt, match=r"vectors\.npy"):
+        load_current(tmp_path, SPEC)

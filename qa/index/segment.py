@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,10 +334,49 @@ def verify_segment(
     return manifest
 
 
-def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> Segment:
-    """Verify one segment and map its files (nothing is read whole but the small JSON
-    tables). Raises IndexCorrupt."""
+# Segments this process has verified file by file: (folder, manifest checksum) -> the
+# (name, size, mtime, inode) of each file then. A segment is immutable once written, so
+# loading it again (the next generation names it too) checks the manifest's checksum and
+# the files' sizes and stat, not every byte: a one-document update of a large index does
+# not hash the unchanged segments again. A new process hashes everything once.
+_VERIFIED: dict[tuple[str, str], tuple[tuple[str, int, int, int], ...]] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _stat_signature(
+    seg_dir: Path, manifest: dict[str, Any]
+) -> tuple[tuple[str, int, int, int], ...]:
+    out = []
+    for name in sorted(manifest["files"]):
+        st = (seg_dir / name).stat()
+        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def verify_once(seg_dir: Path, manifest_sha256: str | None) -> dict[str, Any]:
+    """``verify_segment``, with every file's checksum only the first time this process
+    sees the segment unchanged (see ``_VERIFIED``). Raises IndexCorrupt, IndexMismatch."""
+    key = (str(seg_dir.resolve()), manifest_sha256 or "")
+    with _VERIFIED_LOCK:
+        known = _VERIFIED.get(key)
+    if manifest_sha256 is not None and known is not None:
+        manifest = verify_segment(seg_dir, manifest_sha256, checksums=False)
+        try:
+            if _stat_signature(seg_dir, manifest) == known:
+                return manifest
+        except OSError:
+            pass
     manifest = verify_segment(seg_dir, manifest_sha256)
+    if manifest_sha256 is not None:
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = _stat_signature(seg_dir, manifest)
+    return manifest
+
+
+def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> Segment:
+    """Verify one segment (``verify_once``) and map its files (nothing is read whole but
+    the small JSON tables). Raises IndexCorrupt."""
+    manifest = verify_once(seg_dir, manifest_sha256)
     try:
         doc_rows = read_jsonl(seg_dir / "documents.jsonl")
         cols = {
