@@ -54,7 +54,6 @@ def test_manifest_names_model_settings_documents_and_checksums(
     segment = json.loads((Path(settings.index_dir) / SEGMENT / "manifest.json").read_text("utf-8"))
     assert {
         "vectors.faiss",
-        "vectors.npy",
         "chunk_ids.npy",
         "chunk_spans.npy",
         "documents.jsonl",
@@ -102,7 +101,7 @@ def test_index_built_with_other_settings_is_refused(
 
 @pytest.mark.parametrize(
     "victim",
-    ["vectors.faiss", "vectors.npy", "chunk_spans.npy", "texts.txt", "sentence_vectors.npy"],
+    ["vectors.faiss", "chunk_spans.npy", "texts.txt", "sentence_vectors.npy"],
 )
 def test_corrupted_or_truncated_file_is_named(
     settings: Settings, fake_embedder: FakeEmbedder, victim: str

@@ -106,7 +106,7 @@ def test_a_segment_over_the_threshold_gets_the_approximate_index(
     seg_dir = snap.path.parent / "segments" / "seg-000001"
     vectors = json.loads((seg_dir / "manifest.json").read_text("utf-8"))["vectors"]
     assert vectors["kind"] == ann.IVF_SQ8 and vectors["nprobe"] >= 1
-    assert ann.kind_of(ann.load_mmap(seg_dir / "vectors.faiss")) == ann.IVF_SQ8
+    assert ann.kind_of(ann.load_mmap(seg_dir / "ann.faiss")) == ann.IVF_SQ8
     queries = clustered(60, seed=5)
     recall = np.mean(
         [
@@ -130,6 +130,7 @@ def test_a_small_segment_is_searched_exactly(tmp_path: Path) -> None:
     assert (
         json.loads((seg_dir / "manifest.json").read_text("utf-8"))["vectors"]["kind"] == ann.EXACT
     )
+    assert not (seg_dir / "ann.faiss").exists()
     for q in clustered(20, seed=6):
         found = snap.dense(q, 10, None)
         truth = brute_force(segment.chunk_vectors, segment.chunk_ids, q, 10)
@@ -278,15 +279,15 @@ def test_a_segment_is_hashed_once_a_process_then_checked_by_size_and_stat(
     monkeypatch.setattr(segment_module, "sha256_file", counting)
     monkeypatch.setattr(segment_module, "_VERIFIED", {})  # as a fresh process
     load_current(tmp_path, SPEC)
-    assert "vectors.npy" in hashed  # first load in this process: every file
+    assert "vectors.faiss" in hashed  # first load in this process: every file
     hashed.clear()
     load_current(tmp_path, SPEC)
     assert hashed == ["manifest.json"], "unchanged: only the segment's manifest is hashed"
     # a file replaced by one of the same size (a new inode) is hashed again, and caught
-    victim = tmp_path / "segments" / "seg-000001" / "vectors.npy"
+    victim = tmp_path / "segments" / "seg-000001" / "vectors.faiss"
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     (victim.parent / "swap").write_bytes(bytes(data))
     (victim.parent / "swap").replace(victim)
-    with pytest.raises(IndexCorrupt, match=r"vectors\.npy"):
+    with pytest.raises(IndexCorrupt, match=r"vectors\.faiss"):
         load_current(tmp_path, SPEC)

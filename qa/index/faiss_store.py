@@ -1,9 +1,23 @@
-"""The chunk vectors of one segment: a float16 array and a qa.ann index over it.
+"""The chunk vectors of one segment: one float16 copy on disk, searched by FAISS and read
+by numpy from the same pages.
 
 Used by qa.index.segment and qa.index.local only: search reads vectors through the
-Snapshot interface. Both files are read memory-mapped (the array with ``np.load(...,
-mmap_mode="r")``, the index with ``qa.ann.load_mmap``): loading costs milliseconds and
-the pages are the page cache's, shared by every process serving the segment.
+Snapshot interface. Files of a segment:
+
+- ``vectors.faiss``: a FAISS ``IndexScalarQuantizer`` (``QT_fp16``, inner product) of the
+  chunk vectors, FAISS ids = segment rows: exact search. Its codes are the float16 vectors
+  themselves and are the last ``n * dim * 2`` bytes of the file, so the same file is also
+  read as an ``np.memmap`` (n, dim) float16 (rescoring, reuse on update, compaction): one
+  copy on disk and in the page cache, not a ``.npy`` beside a FAISS file of the same bytes.
+- ``ann.faiss``, only for a segment of at least ``QA_ANN_MIN_CHUNKS`` chunks: the
+  approximate index of qa.ann (IVF over 8-bit codes, ``nprobe`` calibrated at write).
+
+Both are read with ``IO_FLAG_MMAP_IFC`` (qa.ann.load_mmap): loading costs milliseconds and
+the pages are the page cache's, shared by every process serving the segment. A filter is
+a bitmap over the rows (qa.ann.search_rows); few allowed rows (at most the segment's
+``QA_ANN_MIN_CHUNKS`` when it was written) are searched on the exact index, where the
+bitmap costs one bit test a row and only the allowed rows are scored, instead of the
+approximate one, which would visit many lists to find them.
 """
 
 from __future__ import annotations
@@ -31,25 +45,36 @@ def top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
+def _exact_index(dim: int) -> faiss.Index:
+    return faiss.IndexScalarQuantizer(
+        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+
+
 class FaissStore:
     """Inner-product search (cosine on unit vectors) over the rows of one segment.
 
-    ``vectors``: (n, dim) float16, row i is segment row i; ``index``: the qa.ann index of
-    the same vectors with FAISS ids = rows (None when n == 0); ``exact_max``: a filter
-    that allows at most this many rows of an approximate index is searched exactly over
-    the allowed rows' vectors instead (the ``QA_ANN_MIN_CHUNKS`` the segment was written
-    with: below it exact search is the fast one)."""
+    ``vectors``: (n, dim) float16, row i is segment row i (the exact index's codes);
+    ``exact``: that index; ``approximate``: the qa.ann index (None below the threshold);
+    ``exact_max``: a filter allowing at most this many rows is searched exactly."""
 
-    INDEX_FILE = "vectors.faiss"
-    VECTORS_FILE = "vectors.npy"
+    EXACT_FILE = "vectors.faiss"
+    ANN_FILE = "ann.faiss"
 
-    def __init__(self, vectors: np.ndarray, index: faiss.Index | None, exact_max: int) -> None:
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        exact: faiss.Index | None,
+        approximate: faiss.Index | None,
+        exact_max: int,
+    ) -> None:
         self.vectors = vectors
-        self.index = index
+        self.exact = exact
+        self.approximate = approximate
         self.exact_max = exact_max
-        self.kind = ann.kind_of(index) if index is not None else ann.EXACT
-        if index is not None and index.ntotal != len(vectors):
-            raise ValueError(f"{index.ntotal} indexed vectors for {len(vectors)} rows")
+        for index in (exact, approximate):
+            if index is not None and index.ntotal != len(vectors):
+                raise ValueError(f"{index.ntotal} indexed vectors for {len(vectors)} rows")
 
     @property
     def dimension(self) -> int:
@@ -60,49 +85,66 @@ class FaissStore:
 
     @classmethod
     def write(cls, path: Path, vectors: np.ndarray, config: ann.AnnConfig) -> dict[str, Any]:
-        """Write ``vectors`` (n, dim) as float16 and the index of the type for n (built on
-        the float16 values, so that index and rescoring agree). Returns what the segment
-        manifest records: {"kind", "nprobe", "min_chunks"}."""
+        """Write ``vectors`` (n, dim) as the exact float16 index and, from
+        ``config.min_chunks`` rows up, the approximate one (built on the float16 values, so
+        that both indexes and rescoring agree). Returns what the segment manifest records:
+        {"kind", "nprobe", "min_chunks", "codes_offset"}. Raises RuntimeError when FAISS did
+        not write the codes as the file's last bytes."""
+        n, dim = vectors.shape
         half = np.ascontiguousarray(vectors, dtype=np.float16)
-        np.save(path / cls.VECTORS_FILE, half, allow_pickle=False)
-        info: dict[str, Any] = {"kind": None, "nprobe": None, "min_chunks": config.min_chunks}
-        if len(half):
-            index = ann.build(half.astype(np.float32), np.arange(len(half)), config)
-            ann.save(index, path / cls.INDEX_FILE)
+        exact = _exact_index(dim)
+        info: dict[str, Any] = {
+            "kind": ann.EXACT,
+            "nprobe": None,
+            "min_chunks": config.min_chunks,
+            "codes_offset": None,
+        }
+        if n == 0:
+            return info
+        exact.add(half.astype(np.float32))  # fp16 of fp16-rounded values: the same bytes
+        size = ann.save(exact, path / cls.EXACT_FILE)
+        offset = size - half.nbytes
+        stored = np.memmap(path / cls.EXACT_FILE, np.float16, "r", offset=offset, shape=(n, dim))
+        if not np.array_equal(stored.view(np.uint16), half.view(np.uint16)):
+            raise RuntimeError("FAISS did not write the float16 codes as the file's tail")
+        info["codes_offset"] = offset
+        if ann.kind_for(n, config) != ann.EXACT:
+            index = ann.build(half.astype(np.float32), np.arange(n), config)
+            ann.save(index, path / cls.ANN_FILE)
             info["kind"], info["nprobe"] = ann.kind_of(index), ann.nprobe_of(index)
         return info
 
     @classmethod
-    def load(cls, path: Path, dimension: int, info: dict[str, Any]) -> FaissStore:
-        """Map the segment's vectors and index. Raises ValueError or RuntimeError (FAISS)
-        when they do not fit together."""
-        vectors = load_npy(path / cls.VECTORS_FILE)
-        if vectors.dtype != np.float16 or vectors.ndim != 2 or vectors.shape[1] != dimension:
-            raise ValueError(f"vectors {vectors.dtype} {vectors.shape}, expected (n, {dimension})")
-        index = ann.load_mmap(path / cls.INDEX_FILE) if len(vectors) else None
-        return cls(vectors, index, int(info.get("min_chunks", 0)))
+    def load(cls, path: Path, dimension: int, rows: int, info: dict[str, Any]) -> FaissStore:
+        """Map the segment's indexes and its vectors (``rows`` of them). Raises ValueError
+        or RuntimeError (FAISS) when they do not fit together."""
+        if rows == 0:
+            empty = np.zeros((0, dimension), dtype=np.float16)
+            return cls(empty, None, None, 0)
+        exact = ann.load_mmap(path / cls.EXACT_FILE)
+        if exact.d != dimension:
+            raise ValueError(f"vectors of dimension {exact.d}, expected {dimension}")
+        vectors = np.memmap(
+            path / cls.EXACT_FILE,
+            np.float16,
+            "r",
+            offset=int(info["codes_offset"]),
+            shape=(rows, dimension),
+        )
+        approximate = ann.load_mmap(path / cls.ANN_FILE) if info["kind"] != ann.EXACT else None
+        return cls(vectors, exact, approximate, int(info["min_chunks"]))
 
     def search(
         self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64, inner products float32) of the ``k`` nearest rows, best first; only
         among the rows where the boolean mask ``allowed`` (n,) is true when given."""
-        if self.index is None or k <= 0:
+        if self.exact is None or k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if allowed is None:
-            return ann.search_rows(self.index, vector, k)
-        count = int(np.count_nonzero(allowed))
-        if count == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if self.kind != ann.EXACT and count <= self.exact_max:
-            # a narrow filter: the allowed rows' vectors, exactly (an approximate index
-            # with a selector visits many lists to find few allowed rows)
-            rows = np.flatnonzero(allowed)
-            q = np.asarray(vector, dtype=np.float32).reshape(-1)
-            scores = self.rows(rows) @ q
-            picked = top(scores, k)
-            return rows[picked], scores[picked].astype(np.float32)
-        return ann.search_rows(self.index, vector, k, allowed)
+        index = self.approximate if self.approximate is not None else self.exact
+        if allowed is not None and int(np.count_nonzero(allowed)) <= self.exact_max:
+            index = self.exact  # few allowed rows: scored exactly, the others skipped
+        return ann.search_rows(index, vector, k, allowed)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Vectors (len(rows), dim) float32 of some rows."""

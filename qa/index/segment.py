@@ -24,9 +24,9 @@ by every process serving it, not a copy per process::
     chunk_pages.npy      int32 (n,): page, -1 for none
     chunk_headings.npy   int32 (n,): row of headings.json, -1 for none
     headings.json        the distinct headings
-    vectors.npy          float16 (n, dim): chunk vectors (rescoring, reuse, compaction)
-    vectors.faiss        qa.ann index of the chunk vectors, FAISS ids = segment rows:
-                         exact float16 below QA_ANN_MIN_CHUNKS chunks, IVF-SQ8 from there
+    vectors.faiss        chunk vectors, float16: an exact FAISS index (ids = segment rows)
+                         whose tail is also read as an (n, dim) array (qa.index.faiss_store)
+    ann.faiss            from QA_ANN_MIN_CHUNKS chunks up: qa.ann's approximate index
     sentence_indptr.npy  int64 (n + 1,): sentences of row r are indptr[r]:indptr[r + 1]
     sentence_spans.npy   int64 (n_sentences, 2): start, end in the document's text
     sentence_vectors.npy float16 (n_sentences, dim)
@@ -402,7 +402,7 @@ def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> 
             else np.zeros(0, dtype=np.uint8)
         )
         headings = json.loads((seg_dir / "headings.json").read_text("utf-8"))
-        store = FaissStore.load(seg_dir, dimension, manifest["vectors"])
+        store = FaissStore.load(seg_dir, dimension, len(cols["chunk_ids"]), manifest["vectors"])
         terms = TermCounts.load(seg_dir)
         identifiers = json.loads((seg_dir / "identifiers.json").read_text("utf-8"))
         n = len(cols["chunk_ids"])
