@@ -61,6 +61,35 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return out
 
 
+class _LivePostings(dict[str, np.ndarray]):
+    """identifier -> live generation rows holding it, looked up in each segment's table
+    when a query asks (and kept), instead of merging every segment's table at load."""
+
+    KEPT = 4096
+
+    def __init__(self, parts: list[tuple[dict[str, list[int]], np.ndarray, int]]) -> None:
+        super().__init__()
+        self._parts = parts  # (segment table, live mask of its rows, offset of its rows)
+
+    def __getitem__(self, token: str) -> np.ndarray:
+        if dict.__contains__(self, token):
+            return dict.__getitem__(self, token)
+        found = [np.zeros(0, dtype=np.int64)]
+        for table, live, offset in self._parts:
+            seg_rows = table.get(token)
+            if seg_rows:
+                rows = np.asarray(seg_rows, dtype=np.int64)
+                found.append(rows[live[rows]] + offset)
+        rows = np.concatenate(found)
+        if len(self) >= self.KEPT:
+            self.clear()
+        self[token] = rows
+        return rows
+
+    def __contains__(self, token: object) -> bool:
+        return isinstance(token, str) and len(self[token]) > 0
+
+
 _MASKS_KEPT = 16  # filters whose row mask a snapshot keeps (one search asks 4-5 times)
 
 
@@ -134,15 +163,14 @@ class LocalSnapshot:
         self._path_order = np.asarray([i for _, i in paths], dtype=np.int64)
         self._masks: dict[Filters, np.ndarray] = {}
         self._masks_lock = threading.Lock()
-        table: dict[str, list[np.ndarray]] = {}
-        for seg, live, off in zip(segments, live_parts, offsets, strict=False):
-            for token, seg_rows in seg.identifiers.items():
-                rows = np.asarray(seg_rows, dtype=np.int64)
-                rows = rows[live[rows]] + off
-                if len(rows):
-                    table.setdefault(token, []).append(rows)
         self._identifiers = IdentifierIndex.from_postings(
-            {t: np.concatenate(parts) for t, parts in table.items()}, len(live_rows)
+            _LivePostings(
+                [
+                    (seg.identifiers, live, int(off))
+                    for seg, live, off in zip(segments, live_parts, offsets, strict=False)
+                ]
+            ),
+            len(live_rows),
         )  # over the live chunks, by row
         self._last_bm25 = threading.local()  # (query, scores) of this thread's last query
 
