@@ -652,8 +652,8 @@ def local_report(results: dict[str, Any]) -> str:
             + (f", nprobe {r['write']['vectors']['nprobe']}"
                if r["write"]["vectors"]["nprobe"] else "")),
         ("bytes on disk MB", lambda r: f"{r['write']['bytes'] / 1e6:.0f}"),
-        ("  chunk vectors float16 / index MB", lambda r: (
-            f"{files(r, 'vectors.npy')} / {files(r, 'vectors.faiss')}")),
+        ("  chunk vectors: exact float16 / approximate index MB", lambda r: (
+            f"{files(r, 'vectors.faiss')} / {files(r, 'ann.faiss')}")),
         ("  sentence vectors float16 MB", lambda r: files(r, "sentence_vectors.npy")),
         ("  texts / chunk columns MB", lambda r: (
             f"{files(r, 'texts.txt')} / "
