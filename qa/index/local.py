@@ -72,8 +72,9 @@ class _LivePostings(dict[str, np.ndarray]):
         self._parts = parts  # (segment table, live mask of its rows, offset of its rows)
 
     def __getitem__(self, token: str) -> np.ndarray:
-        if dict.__contains__(self, token):
-            return dict.__getitem__(self, token)
+        kept = dict.get(self, token)  # one lookup: another thread may clear the table
+        if kept is not None:
+            return kept
         found = [np.zeros(0, dtype=np.int64)]
         for table, live, offset in self._parts:
             seg_rows = table.get(token)
@@ -322,19 +323,22 @@ class LocalSnapshot:
     def chunks(self, ids: np.ndarray) -> list[Chunk]:
         return self._chunks_at(self.rows(ids))
 
-    def _vectors_at(self, rows: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(rows), self._dim), dtype=np.float32)
+    def _vectors_at(self, rows: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        out: np.ndarray = np.zeros((len(rows), self._dim), dtype=dtype)
         seg_of, local = self._locate(rows)
         for s in np.unique(seg_of):
             sel = seg_of == s
-            out[sel] = self._segments[int(s)].store.rows(local[sel])
+            out[sel] = self._segments[int(s)].store.vectors[local[sel]]
         return out
 
     def chunk_vectors(self, ids: np.ndarray) -> np.ndarray:
         return self._vectors_at(self.rows(ids))
 
-    def _sentences_at(self, rows: np.ndarray) -> tuple[SentenceSet, np.ndarray]:
-        """The sentences of generation rows, and (per sentence) the row of its chunk."""
+    def _sentences_at(
+        self, rows: np.ndarray, dtype: type = np.float32
+    ) -> tuple[SentenceSet, np.ndarray]:
+        """The sentences of generation rows (vectors as ``dtype``), and how many each row
+        has."""
         m = len(rows)
         seg_of, local = self._locate(rows)
         lo = np.zeros(m, dtype=np.int64)
@@ -347,7 +351,7 @@ class LocalSnapshot:
         total = int(sizes.sum())
         owner = np.repeat(np.arange(m, dtype=np.int64), sizes)
         spans = np.zeros((total, 2), dtype=np.int64)
-        vectors = np.zeros((total, self._dim), dtype=np.float32)
+        vectors: np.ndarray = np.zeros((total, self._dim), dtype=dtype)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         for s in np.unique(seg_of) if total else []:
             sel = seg_of == s
@@ -418,13 +422,14 @@ class LocalSnapshot:
         wanted = [p for p in (self._position.get(d, -1) for d in doc_ids) if p >= 0]
         rows = np.flatnonzero(np.isin(self._chunk_doc, wanted))
         rows = rows[np.argsort(self._chunk_doc[rows], kind="stable")]  # by document
-        sents, sizes = self._sentences_at(rows)
+        # float16 as stored: a compaction of 1M chunks copies 4M sentence vectors
+        sents, sizes = self._sentences_at(rows, np.float16)
         sentences = np.column_stack([sents.owner, sents.spans]).reshape(-1, 3)
         return SegmentPayload(
             documents=[self._document_at(p) for p in dict.fromkeys(wanted)],
             chunks=self._chunks_at(rows),
             chunk_ids=self._ids[rows],
-            chunk_vectors=self._vectors_at(rows),
+            chunk_vectors=self._vectors_at(rows, np.float16),
             sentences=sentences.astype(np.int64),
             sentence_vectors=sents.vectors,
             dimension=self._dim,

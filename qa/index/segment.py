@@ -66,9 +66,9 @@ class SegmentPayload:
     documents: list[Document]
     chunks: list[Chunk]
     chunk_ids: np.ndarray  # (n_chunks,) int64
-    chunk_vectors: np.ndarray  # (n_chunks, dim) float32
+    chunk_vectors: np.ndarray  # (n_chunks, dim) float32 (float16 from a local export)
     sentences: np.ndarray  # (n_sentences, 3) int64
-    sentence_vectors: np.ndarray  # (n_sentences, dim) float32
+    sentence_vectors: np.ndarray  # (n_sentences, dim) float32 (float16 from a local export)
     dimension: int
 
 
