@@ -3,6 +3,11 @@
     .venv/bin/python -m bench.scale [--sizes 100000 1000000] [--queries 200]
                                     [--old-bm25 100000] [--write docs/performance.md]
 
+    # a whole local generation (qa.index: write, load, Searcher.search, an update):
+    .venv/bin/python -m bench.scale --what local --sweep --sizes 100000 [--tmp DIR]
+    .venv/bin/python -m bench.scale --what local --sweep --sizes 1000000 \
+        --merge bench/out/scale.json --write docs/performance.md
+
 Embedding a million chunks takes hours here, so the chunks are synthetic, made by the
 real code paths' inputs:
 
