@@ -101,8 +101,8 @@ class LocalSnapshot:
 
     Vectors, chunk columns and texts stay the segments' memory-mapped files, looked up by
     (segment, row); only small per-row columns of the whole generation are held (id,
-    document and the live mask: 13 bytes a chunk), and ``Chunk`` and ``Document`` objects
-    are made for the ids asked for."""
+    document, live flag, and ids sorted with their rows: 29 bytes a chunk), and ``Chunk``
+    and ``Document`` objects are made for the ids asked for."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], segments: list[Segment]) -> None:
         self.path = path
