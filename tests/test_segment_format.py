@@ -160,7 +160,7 @@ def test_filters_are_honoured_on_both_paths(
         assert {c.doc_id for c in snap.chunks(found.ids)} <= allowed_docs
         truth = brute_force(segment.chunk_vectors[rows], segment.chunk_ids[rows], q, 10)
         hits.append(len(np.intersect1d(found.ids, truth)) / 10)
-    # narrow: exact over the allowed rows' vectors; wide: the approximate index, row bitmap
+    # narrow: the exact index, row bitmap (allowed rows only scored); wide: the approximate one
     assert np.mean(hits) >= (0.99 if share < 0.3 else 0.9)
 
 
