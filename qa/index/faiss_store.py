@@ -31,10 +31,17 @@ import numpy as np
 from qa import ann
 
 
+def mapped(array: np.memmap) -> np.ndarray:
+    """A plain ndarray view of a memory-mapped array: the same pages (its ``base`` is the
+    ``np.memmap``, which keeps the mapping open), without ``np.memmap``'s Python-level
+    ``__getitem__`` and ``__array_finalize__`` on every slice (2.5 ms a search at 100k)."""
+    return array.view(np.ndarray)
+
+
 def load_npy(path: Path) -> np.ndarray:
-    """A ``.npy`` file memory-mapped read-only (an ``np.memmap``; no pickle)."""
-    array: np.ndarray = np.load(path, allow_pickle=False, mmap_mode="r")
-    return array
+    """A ``.npy`` file memory-mapped read-only (``mapped`` view of an ``np.memmap``; no
+    pickle)."""
+    return mapped(np.load(path, allow_pickle=False, mmap_mode="r"))
 
 
 def top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -124,12 +131,14 @@ class FaissStore:
         exact = ann.load_mmap(path / cls.EXACT_FILE)
         if exact.d != dimension:
             raise ValueError(f"vectors of dimension {exact.d}, expected {dimension}")
-        vectors = np.memmap(
-            path / cls.EXACT_FILE,
-            np.float16,
-            "r",
-            offset=int(info["codes_offset"]),
-            shape=(rows, dimension),
+        vectors = mapped(
+            np.memmap(
+                path / cls.EXACT_FILE,
+                np.float16,
+                "r",
+                offset=int(info["codes_offset"]),
+                shape=(rows, dimension),
+            )
         )
         approximate = ann.load_mmap(path / cls.ANN_FILE) if info["kind"] != ann.EXACT else None
         return cls(vectors, exact, approximate, int(info["min_chunks"]))

@@ -290,11 +290,11 @@ class LocalSnapshot:
 
     def lexical(self, query: str, k: int, filters: Filters | None) -> Scored:
         scores = self._bm25_scores(query)
+        rows = np.flatnonzero(scores > 0)  # the rows holding a query term, ascending
         mask = self._mask(filters)
         if mask is not None:
-            scores = np.where(mask, scores, 0.0).astype(np.float32)
-        rows = top(scores, k)
-        rows = rows[scores[rows] > 0]
+            rows = rows[mask[rows]]
+        rows = rows[top(scores[rows], k)]  # the top k of those only, ties in row order
         return Scored(self._ids[rows], scores[rows])
 
     def lexical_scores(self, query: str, ids: np.ndarray) -> np.ndarray:

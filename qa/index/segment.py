@@ -48,7 +48,7 @@ import numpy as np
 from qa.ann import AnnConfig
 from qa.documents import Chunk, Document
 from qa.errors import IndexCorrupt, IndexMismatch
-from qa.index.faiss_store import FaissStore, load_npy
+from qa.index.faiss_store import FaissStore, load_npy, mapped
 from qa.index.publish import fsync_dir
 from qa.index.spec import FORMAT_VERSION
 from qa.index.terms import TermCounts
@@ -399,7 +399,7 @@ def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> 
         }
         texts_path = seg_dir / "texts.txt"
         texts = (
-            np.memmap(texts_path, dtype=np.uint8, mode="r")
+            mapped(np.memmap(texts_path, dtype=np.uint8, mode="r"))
             if texts_path.stat().st_size
             else np.zeros(0, dtype=np.uint8)
         )
