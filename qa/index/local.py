@@ -173,7 +173,6 @@ class LocalSnapshot:
             ),
             len(live_rows),
         )  # over the live chunks, by row
-        self._last_bm25 = threading.local()  # (query, scores) of this thread's last query
 
     # ------------------------------------------------------------------ about
     @property
@@ -279,27 +278,14 @@ class LocalSnapshot:
         picked = top(scores, k)
         return Scored(ids[picked], scores[picked].astype(np.float32))
 
-    def _bm25_scores(self, query: str) -> np.ndarray:
-        last = getattr(self._last_bm25, "value", None)
-        if last is not None and last[0] == query:
-            scores: np.ndarray = last[1]
-            return scores
-        scores = self._bm25.scores(query)
-        self._last_bm25.value = (query, scores)
-        return scores
-
     def lexical(self, query: str, k: int, filters: Filters | None) -> Scored:
-        scores = self._bm25_scores(query)
-        rows = np.flatnonzero(scores > 0)  # the rows holding a query term, ascending
-        mask = self._mask(filters)
-        if mask is not None:
-            rows = rows[mask[rows]]
-        rows = rows[top(scores[rows], k)]  # the top k of those only, ties in row order
-        return Scored(self._ids[rows], scores[rows])
+        """The ``k`` best chunks by BM25 (``SegmentedBM25.top``: only the query terms'
+        postings are read, the filter applied to them)."""
+        rows, scores = self._bm25.top(query, k, self._mask(filters))
+        return Scored(self._ids[rows], scores)
 
     def lexical_scores(self, query: str, ids: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._bm25_scores(query)[self.rows(ids)]
-        return out
+        return self._bm25.scores_of(query, self.rows(ids))
 
     def exact(self, query: str, filters: Filters | None) -> Scored:
         rows, values = self._identifiers.match(query)
