@@ -3,6 +3,11 @@
     .venv/bin/python -m bench.scale [--sizes 100000 1000000] [--queries 200]
                                     [--old-bm25 100000] [--write docs/performance.md]
 
+    # a whole local generation (qa.index: write, load, Searcher.search, an update):
+    .venv/bin/python -m bench.scale --what local --sweep --sizes 100000 [--tmp DIR]
+    .venv/bin/python -m bench.scale --what local --sweep --sizes 1000000 \
+        --merge bench/out/scale.json --write docs/performance.md
+
 Embedding a million chunks takes hours here, so the chunks are synthetic, made by the
 real code paths' inputs:
 
@@ -45,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MSMARCO = ROOT.parent / "shared" / "benchmarks" / "msmarco-5k" / "corpus.jsonl"
 DIM = 384
 BEGIN, END = "<!-- bench.scale: begin -->", "<!-- bench.scale: end -->"
+LOCAL_BEGIN, LOCAL_END = "<!-- bench.scale local: begin -->", "<!-- bench.scale local: end -->"
 
 
 # --- synthetic data ------------------------------------------------------------------------
@@ -424,6 +430,267 @@ def part_terms_search(n: int, work: Path, queries: int, source: str) -> dict[str
     return out
 
 
+# --- a whole local generation (qa.index) ----------------------------------------------------
+CHUNKS_PER_DOC = 10
+SENTENCES_PER_CHUNK = 4
+FILTERS = {"10 %": "f3/", "0.1 %": "f3/g07/"}  # path prefixes and the share they allow
+TERM_FILES = ("terms.json", "tf_indptr.npy", "tf_rows.npy", "tf_counts.npy", "lengths.npy")
+
+
+def doc_path(d: int) -> str:
+    return f"f{d % 10}/g{(d // 10) % 100:02d}/doc{d}.txt"
+
+
+def synthetic_documents(texts: list[str], first: int = 0) -> tuple[list[Any], list[Any], Any]:
+    """Documents of ``CHUNKS_PER_DOC`` chunk texts each (joined by a blank line), their
+    chunks with exact spans, and (chunk row, start, end) of 4 sentences a chunk."""
+    from qa.documents import Chunk, Document
+
+    docs: list[Document] = []
+    chunks: list[Chunk] = []
+    sentences = np.zeros((len(texts) * SENTENCES_PER_CHUNK, 3), dtype=np.int64)
+    for d, lo in enumerate(range(0, len(texts), CHUNKS_PER_DOC), start=first):
+        parts = texts[lo : lo + CHUNKS_PER_DOC]
+        text = "\n\n".join(parts)
+        doc = Document(doc_path(d), doc_path(d), f"Document {d}", text, sha256=f"{d:064x}")
+        docs.append(doc)
+        at = 0
+        for i, part in enumerate(parts):
+            row = len(chunks)
+            chunks.append(Chunk(doc.doc_id, at, at + len(part), part, 2 * i + 1, 2 * i + 1,
+                                None, f"Document {d}"))  # fmt: skip
+            cuts = [0]
+            for q in (1, 2, 3):
+                space = part.find(" ", q * len(part) // 4)
+                cuts.append(space if space > cuts[-1] else cuts[-1])
+            cuts.append(len(part))
+            for j in range(SENTENCES_PER_CHUNK):
+                sentences[row * SENTENCES_PER_CHUNK + j] = (row, at + cuts[j], at + cuts[j + 1])
+            at += len(part) + 2
+    return docs, chunks, sentences
+
+
+def sentence_vectors(chunk_vectors: np.ndarray, seed: int) -> np.ndarray:
+    """float16 unit vectors near their chunk's (4 a chunk), made a block at a time."""
+    rng = np.random.default_rng(seed)
+    n = len(chunk_vectors)
+    out = np.empty((n * SENTENCES_PER_CHUNK, DIM), dtype=np.float16)
+    for lo in range(0, n, 65_536):
+        block = np.repeat(chunk_vectors[lo : lo + 65_536], SENTENCES_PER_CHUNK, axis=0)
+        block = block + rng.standard_normal(block.shape, dtype=np.float32) * 0.04
+        out[lo * SENTENCES_PER_CHUNK : lo * SENTENCES_PER_CHUNK + len(block)] = block / (
+            np.linalg.norm(block, axis=1, keepdims=True)
+        )
+    return out
+
+
+def _spec() -> Any:
+    from qa.index import IndexSpec
+
+    return IndexSpec("synthetic-384", 192, 32)
+
+
+def _generation(segment: Any, documents: dict[str, Any], segments: dict[str, str]) -> Any:
+    from qa.index import GenerationPayload
+
+    return GenerationPayload(segment, documents, segments, [], _spec(), DIM, {})
+
+
+def part_local_write(n: int, work: Path) -> dict[str, Any]:
+    """A generation of ``n`` chunks written by ``LocalIndexStore.write`` (one segment)."""
+    from qa.ann import AnnConfig
+    from qa.index import LocalIndexStore
+    from qa.index.segment import SegmentPayload
+
+    began = time.perf_counter()
+    docs, chunks, sentences = synthetic_documents(make_texts(n))
+    vectors = make_vectors(n, seed=1)
+    segment = SegmentPayload(docs, chunks, make_ids(n), vectors, sentences,
+                             sentence_vectors(vectors, seed=4), DIM)  # fmt: skip
+    out: dict[str, Any] = {"make_s": time.perf_counter() - began, "documents": len(docs)}
+    documents = {
+        d.doc_id: {"path": d.path, "sha256": d.sha256, "chunks": CHUNKS_PER_DOC,
+                   "sentences": CHUNKS_PER_DOC * SENTENCES_PER_CHUNK, "segment": None}
+        for d in docs
+    }  # fmt: skip
+    store = LocalIndexStore(work / "index", ann=AnnConfig())
+    base_peak = peak_mb()
+    began, cpu = time.perf_counter(), time.process_time()
+    with store.lock():
+        store.write(_generation(segment, documents, {}))
+    out["write_s"] = time.perf_counter() - began
+    out["write_cpu_s"] = time.process_time() - cpu
+    out["peak_mb"], out["peak_before_write_mb"] = peak_mb(), base_peak
+    seg_dir = work / "index" / "segments" / "seg-000001"
+    manifest = json.loads((seg_dir / "manifest.json").read_text("utf-8"))
+    out["vectors"] = manifest["vectors"]
+    out["files"] = {name: meta["bytes"] for name, meta in manifest["files"].items()}
+    out["bytes"] = dir_bytes(work / "index")
+    return out
+
+
+def _queries(count: int) -> tuple[list[str], np.ndarray]:
+    return make_queries(count), make_vectors(count, seed=2)
+
+
+def part_local_search(n: int, work: Path, queries: int) -> dict[str, Any]:
+    """Load the generation in a fresh process, then time ``Searcher.search`` and its
+    dense part."""
+    from qa.index import Filters, load_current
+    from qa.index.files import verify_generation
+    from qa.index.publish import current_generation_dir
+    from qa.search import Searcher
+
+    texts, vectors = _queries(queries)
+    before = rss_mb()
+    began = time.perf_counter()
+    snap = load_current(work / "index", _spec())
+    out: dict[str, Any] = {"load_s": time.perf_counter() - began}
+    after = rss_mb()
+    out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
+    gen_dir = current_generation_dir(work / "index")
+    assert gen_dir is not None
+    began = time.perf_counter()
+    verify_generation(gen_dir)
+    out["checksum_s"] = time.perf_counter() - began
+    searcher = Searcher(snap)
+    out["search"] = latencies(lambda i: searcher.search(texts[i], vectors[i], 10), queries)
+    for label, prefix in FILTERS.items():
+        f = Filters(path_prefix=prefix)
+        out["count " + label] = snap.count(f)
+        out["search " + label] = latencies(
+            lambda i, f=f: searcher.search(texts[i], vectors[i], 10, f), queries
+        )
+        out["dense " + label] = latencies(lambda i, f=f: snap.dense(vectors[i], 100, f), queries)
+    out["dense"] = latencies(lambda i: snap.dense(vectors[i], 100, None), queries)
+    out["lexical"] = latencies(lambda i: snap.lexical(texts[i] + " x", 100, None), queries)
+    end = rss_mb()
+    out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
+    out["peak_mb"] = peak_mb()
+    found = [snap.dense(v, 10, None).ids for v in vectors]
+    import faiss
+
+    xb = make_vectors(n, seed=1).astype(np.float16).astype(np.float32)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    _, truth_rows = faiss.knn(vectors, xb, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    ids = make_ids(n)
+    hits = [len(np.intersect1d(f, ids[t])) / 10 for f, t in zip(found, truth_rows, strict=True)]
+    out["recall@10"] = float(np.mean(hits))
+    return out
+
+
+def part_local_update(n: int, work: Path) -> dict[str, Any]:
+    """One changed document: what the builder does with the store (load the generation in
+    service, take the vectors of the old version's texts, write one segment and a
+    manifest, put it in service), then a reload of the new generation; timed in a process
+    that has loaded the generation once (a server updating its own index), the first
+    load timed apart."""
+    from qa.index import LocalIndexStore, load_current
+    from qa.index.ids import chunk_ids
+    from qa.index.segment import SegmentPayload
+
+    index = work / "index"
+    bytes_before = dir_bytes(index)
+    store = LocalIndexStore(index)
+    d = 5  # the changed document: the same path, new text
+    texts = make_texts(CHUNKS_PER_DOC, seed=99)
+    docs, chunks, sentences = synthetic_documents(texts, first=d)
+    doc = docs[0]
+    vectors = make_vectors(len(chunks), seed=98)
+    ids = chunk_ids(doc.doc_id, doc.sha256 + "new", [(c.start, c.end) for c in chunks])
+    segment = SegmentPayload(docs, chunks, ids, vectors, sentences,
+                             sentence_vectors(vectors, seed=97), DIM)  # fmt: skip
+    began = time.perf_counter()
+    store.load(_spec())  # what a serving process holds already: every file hashed once
+    first_load = time.perf_counter() - began
+    began = time.perf_counter()
+    with store.lock():
+        previous = store.load(_spec())
+        loaded = time.perf_counter()
+        previous.known_vectors([doc.doc_id])
+        documents = dict(previous.manifest["documents"])
+        documents[doc.doc_id] = {**documents[doc.doc_id], "sha256": "0" * 63 + "1",
+                                 "segment": None}  # fmt: skip
+        written_at = time.perf_counter()
+        gen_dir = store.write(_generation(segment, documents, dict(previous.segment_checksums)))
+    done = time.perf_counter()
+    out: dict[str, Any] = {
+        "total_s": done - began,
+        "load_previous_s": loaded - began,
+        "write_s": done - written_at,
+        "first_load_s": first_load,
+    }
+    new_segment = index / "segments" / "seg-000002"
+    out["bytes_written"] = dir_bytes(new_segment) + dir_bytes(gen_dir)
+    out["index_bytes"] = bytes_before
+    out["share"] = out["bytes_written"] / bytes_before
+    began = time.perf_counter()
+    snap = load_current(index, _spec())
+    out["reload_s"] = time.perf_counter() - began
+    assert snap.generation == 2 and snap.dead_chunks == CHUNKS_PER_DOC
+    return out
+
+
+def local_report(results: dict[str, Any]) -> str:
+    """The section of docs/performance.md between LOCAL_BEGIN and LOCAL_END."""
+    lines = [LOCAL_BEGIN, "### Output of `python -m bench.scale --what local`", ""]
+    lines.append(
+        f"One segment of synthetic chunks ({CHUNKS_PER_DOC} a document, "
+        f"{SENTENCES_PER_CHUNK} sentence vectors a chunk) written by `LocalIndexStore.write`, "
+        "loaded by `load_current` in a fresh process and searched with `Searcher.search` "
+        "(hybrid, top 10, the query vector given: no embedding). Filters are path prefixes."
+    )
+    lines.append("")
+
+    def files(r: dict[str, Any], *names: str) -> str:
+        return f"{sum(r['write']['files'].get(x, 0) for x in names) / 1e6:.0f}"
+
+    def rss(d: dict[str, float]) -> str:
+        return f"{d['RssAnon']:.0f} + {d['RssFile']:.0f}"
+
+    table(lines, results["local"], [
+        ("documents", lambda r: f"{r['write']['documents']:,}"),
+        ("write s (CPU s)", lambda r: (
+            f"{r['write']['write_s']:.1f} ({r['write']['write_cpu_s']:.1f})")),
+        ("peak RSS of the writing process MB", lambda r: f"{r['write']['peak_mb']:.0f}"),
+        ("vector index", lambda r: f"{r['write']['vectors']['kind']}"
+            + (f", nprobe {r['write']['vectors']['nprobe']}"
+               if r["write"]["vectors"]["nprobe"] else "")),
+        ("bytes on disk MB", lambda r: f"{r['write']['bytes'] / 1e6:.0f}"),
+        ("  chunk vectors: exact float16 / approximate index MB", lambda r: (
+            f"{files(r, 'vectors.faiss')} / {files(r, 'ann.faiss')}")),
+        ("  sentence vectors float16 MB", lambda r: files(r, "sentence_vectors.npy")),
+        ("  texts / chunk columns MB", lambda r: (
+            f"{files(r, 'texts.txt')} / "
+            + files(r, *[k for k in r["write"]["files"] if k.startswith("chunk_")]))),
+        ("  BM25 term counts / identifiers MB", lambda r: (
+            f"{files(r, *TERM_FILES)} / {files(r, 'identifiers.json')}")),
+        ("load s (of which checksums)", lambda r: (
+            f"{r['search']['load_s']:.2f} ({r['search']['checksum_s']:.2f})")),
+        ("RSS after load, anon + file MB", lambda r: rss(r["search"]["rss_after_load_mb"])),
+        ("RSS after searches, anon + file MB", lambda r: rss(r["search"]["rss_after_search_mb"])),
+        ("`Searcher.search`, no filter", lambda r: fmt_ms(r["search"]["search"])),
+        *[(f"`Searcher.search`, filter allows {k}",
+           lambda r, k=k: fmt_ms(r["search"]["search " + k])) for k in FILTERS],
+        ("dense part (`snapshot.dense`, k=100)", lambda r: fmt_ms(r["search"]["dense"])),
+        *[(f"dense part, filter allows {k}", lambda r, k=k: fmt_ms(r["search"]["dense " + k]))
+          for k in FILTERS],
+        ("BM25 part (`snapshot.lexical`, k=100)", lambda r: fmt_ms(r["search"]["lexical"])),
+        ("dense recall@10 against exact", lambda r: f"{r['search']['recall@10']:.3f}"),
+        ("one-document update s (load previous + write)", lambda r: (
+            f"{r['update']['total_s']:.2f} ({r['update']['load_previous_s']:.2f} + "
+            f"{r['update']['write_s']:.2f})")),
+        ("  bytes written (share of the index)", lambda r: (
+            f"{r['update']['bytes_written'] / 1e6:.2f} MB ({100 * r['update']['share']:.2f} %)")),
+        ("  reload of the new generation s", lambda r: f"{r['update']['reload_s']:.2f}"),
+        ("  first load in that process s (every file hashed)", lambda r: (
+            f"{r['update']['first_load_s']:.2f}")),
+    ])  # fmt: skip
+    lines += ["", f"({results['machine']}; latencies p50 / p95 ms, one query at a time.)"]
+    lines += ["", LOCAL_END]
+    return "\n".join(lines) + "\n"
+
+
 # --- driver --------------------------------------------------------------------------------
 def terms_entry(n: int, queries: str, before: str) -> dict[str, Any]:
     """BM25 term counts at ``n`` chunks: this checkout ("after") and, with ``before``, the
@@ -602,11 +869,11 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(doc: Path, section: str) -> None:
+def write(doc: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
     text = doc.read_text(encoding="utf-8")
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         text = before + section + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -625,7 +892,10 @@ def main() -> None:
         help="commit whose qa/ BM25 term counts are measured beside this checkout's ('' none)",
     )
     parser.add_argument("--bm25index", type=int, nargs="*", default=[])
-    parser.add_argument("--what", nargs="+", default=["dense", "terms"], choices=["dense", "terms"])
+    parser.add_argument(
+        "--what", nargs="+", default=["dense", "terms"], choices=["dense", "terms", "local"]
+    )
+    parser.add_argument("--tmp", help="folder for the local generation (default: TMPDIR)")
     parser.add_argument("--merge", type=Path, help="start from an earlier run's scale.json")
     parser.add_argument("--write", type=Path)
     parser.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
@@ -642,13 +912,19 @@ def main() -> None:
             result = part_terms_build(int(rest[0]), Path(rest[1]), rest[2])
         elif name == "terms-search":
             result = part_terms_search(int(rest[0]), Path(rest[1]), int(rest[2]), rest[3])
+        elif name == "local-write":
+            result = part_local_write(int(rest[0]), Path(rest[1]))
+        elif name == "local-search":
+            result = part_local_search(int(rest[0]), Path(rest[1]), int(rest[2]))
+        elif name == "local-update":
+            result = part_local_update(int(rest[0]), Path(rest[1]))
         elif name == "bm25-build":
             result = part_bm25_build(int(rest[0]), Path(rest[1]), rest[2] == "old")
         else:
             result = part_bm25_search(int(rest[0]), Path(rest[1]), int(rest[2]))
         print(json.dumps(result))
         return
-    results: dict[str, Any] = {"sweep": {}, "dense": {}, "terms": {}, "bm25": {}}
+    results: dict[str, Any] = {"sweep": {}, "dense": {}, "terms": {}, "bm25": {}, "local": {}}
     if args.merge:
         results.update(json.loads(args.merge.read_text()))
     results["machine"] = f"{os.cpu_count()} cores, shared; {platform_line()}"
@@ -669,6 +945,14 @@ def main() -> None:
                 }
         if "terms" in args.what:
             results["terms"][str(n)] = terms_entry(n, q, args.before)
+        if "local" in args.what:
+            with tempfile.TemporaryDirectory(prefix="qa-scale-", dir=args.tmp) as tmp:
+                work = Path(tmp)
+                print(f"local generation {n:,}", file=sys.stderr)
+                entry = {"write": run_part("local-write", str(n), str(work))}
+                entry["search"] = run_part("local-search", str(n), str(work), q)
+                entry["update"] = run_part("local-update", str(n), str(work))
+                results["local"][str(n)] = entry
         if n in args.bm25index:
             with tempfile.TemporaryDirectory(prefix="qa-scale-") as tmp:
                 work = Path(tmp)
@@ -679,12 +963,18 @@ def main() -> None:
                     entry["old"] = run_part("bm25-build", str(n), str(work), "old")
                 results["bm25"][str(n)] = entry
         print(json.dumps(results, indent=1, default=str), file=sys.stderr)
-    section = report(results)
-    print(section)
     (ROOT / "bench" / "out").mkdir(exist_ok=True)
     (ROOT / "bench" / "out" / "scale.json").write_text(json.dumps(results, indent=1))
-    if args.write:
-        write(args.write, section)
+    if any(results[k] for k in ("sweep", "dense", "terms", "bm25")):
+        section = report(results)
+        print(section)
+        if args.write:
+            write(args.write, section)
+    if results["local"]:
+        local = local_report(results)
+        print(local)
+        if args.write:
+            write(args.write, local, LOCAL_BEGIN, LOCAL_END)
 
 
 def platform_line() -> str:

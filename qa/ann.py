@@ -232,6 +232,41 @@ def search(
     unchanged and 0.990 at 2.5x the time of this rule with ``nprobe / fraction``. Runs on
     the calling thread only (one OpenMP thread: measured faster for one query on a busy machine).
     """
+    if ids is None:
+        return _search(index, vector, k, None, 0)
+    allowed = np.unique(np.asarray(ids, dtype=np.int64))
+    if len(allowed) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return _search(index, vector, k, faiss.IDSelectorBatch(allowed), len(allowed))
+
+
+def search_rows(
+    index: faiss.Index, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` for an index whose ids are the rows ``0 .. ntotal - 1`` (a segment's
+    index, qa.index.segment), with the filter as a boolean mask over the rows (ntotal,):
+    a FAISS ``IDSelectorBitmap`` (one bit test per visited vector, where ``IDSelectorBatch``
+    hashes every id). Returns (rows int64 (m,), scores float32 (m,)), best first."""
+    if allowed is None:
+        return _search(index, vector, k, None, 0)
+    allowed = np.asarray(allowed, dtype=bool)
+    if allowed.shape != (index.ntotal,):
+        raise ValueError(f"mask has shape {allowed.shape}, the index {index.ntotal} vectors")
+    count = int(allowed.sum())
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    bitmap = np.packbits(allowed, bitorder="little")  # FAISS: bit i & 7 of byte i >> 3
+    selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # bitmap stays alive
+    return _search(index, vector, k, selector, count)
+
+
+def _search(
+    index: faiss.Index,
+    vector: np.ndarray,
+    k: int,
+    selector: faiss.IDSelector | None,
+    allowed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     if k <= 0 or index.ntotal == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
@@ -239,17 +274,13 @@ def search(
         raise ValueError(f"query has dimension {q.shape[1]}, the index {index.d}")
     faiss.omp_set_num_threads(1)
     k = min(k, int(index.ntotal))
-    if ids is None:
+    if selector is None:
         scores, found = index.search(q, k)
     else:
-        allowed = np.unique(np.asarray(ids, dtype=np.int64))
-        if len(allowed) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        selector = faiss.IDSelectorBatch(allowed)
         params: faiss.SearchParameters
         if kind_of(index) == IVF_SQ8:
             ivf = faiss.extract_index_ivf(index)
-            fraction = len(allowed) / index.ntotal
+            fraction = allowed / index.ntotal
             params = faiss.SearchParametersIVF()
             scale = 1 / math.sqrt(min(fraction, 1.0))
             params.nprobe = int(min(ivf.nlist, math.ceil(ivf.nprobe * scale)))
@@ -276,4 +307,5 @@ __all__ = [
     "recall_at",
     "save",
     "search",
+    "search_rows",
 ]

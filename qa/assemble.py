@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qa.ann import AnnConfig
 from qa.chunker import Chunker
 from qa.embedder import Embedder, get_embedder
 from qa.index.local import LocalIndexStore
@@ -63,4 +64,6 @@ def store_from_settings(settings: Settings) -> LocalIndexStore | MilvusStore:
             prefix=settings.milvus_prefix,
             keep=settings.keep_generations,
         )
-    return LocalIndexStore(Path(settings.index_dir), settings.keep_generations)
+    return LocalIndexStore(
+        Path(settings.index_dir), settings.keep_generations, AnnConfig.from_settings(settings)
+    )

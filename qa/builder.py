@@ -235,9 +235,12 @@ def _merge(a: SegmentPayload, b: SegmentPayload) -> SegmentPayload:
         documents=a.documents + b.documents,
         chunks=a.chunks + b.chunks,
         chunk_ids=np.concatenate([a.chunk_ids, b.chunk_ids]),
-        chunk_vectors=np.vstack([a.chunk_vectors, b.chunk_vectors]),
+        # in a's precision: a local export is float16, as the segment stores it
+        chunk_vectors=np.vstack([a.chunk_vectors, b.chunk_vectors.astype(a.chunk_vectors.dtype)]),
         sentences=np.vstack([a.sentences, shifted]).astype(np.int64),
-        sentence_vectors=np.vstack([a.sentence_vectors, b.sentence_vectors]),
+        sentence_vectors=np.vstack(
+            [a.sentence_vectors, b.sentence_vectors.astype(a.sentence_vectors.dtype)]
+        ),
         dimension=a.dimension,
     )
 

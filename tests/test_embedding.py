@@ -107,7 +107,8 @@ def assert_sentence_vectors_are_their_texts(s: Settings) -> None:
     ]
     assert len(texts) > 10
     assert any(c.embed_text != c.text for c in chunks)  # a heading before the text
-    assert np.allclose(sentences.vectors, FakeEmbedder().embed(texts), atol=1e-6)
+    # stored as float16: each component within 2 ** -11 of the float32 vector
+    assert np.allclose(sentences.vectors, FakeEmbedder().embed(texts), atol=1e-3)
 
 
 def test_sentences_beyond_the_window_are_embedded_on_their_own(settings: Settings) -> None:

@@ -38,7 +38,7 @@ def test_manifest_names_model_settings_documents_and_checksums(
 ) -> None:
     report = build(settings, fake_embedder)
     manifest = read_manifest(report.path)
-    assert manifest["format_version"] == FORMAT_VERSION == 5
+    assert manifest["format_version"] == FORMAT_VERSION == 6
     assert manifest["model"] == {
         "id": "fake-embedder",
         "dimension": 64,
@@ -52,9 +52,14 @@ def test_manifest_names_model_settings_documents_and_checksums(
     assert list(manifest["segments"]) == ["seg-000001"]
     assert all(d["segment"] == "seg-000001" for d in manifest["documents"].values())
     segment = json.loads((Path(settings.index_dir) / SEGMENT / "manifest.json").read_text("utf-8"))
-    assert {"vectors.faiss", "chunks.jsonl", "documents.jsonl", "tf_rows.npy"} <= set(
-        segment["files"]
-    )
+    assert {
+        "vectors.faiss",
+        "chunk_ids.npy",
+        "chunk_spans.npy",
+        "documents.jsonl",
+        "texts.txt",
+        "tf_rows.npy",
+    } <= set(segment["files"])
 
 
 def test_no_pickle_anywhere_in_the_index(settings: Settings, fake_embedder: FakeEmbedder) -> None:
@@ -94,7 +99,10 @@ def test_index_built_with_other_settings_is_refused(
         load_current(Path(settings.index_dir), spec_from_settings(other_chunks))
 
 
-@pytest.mark.parametrize("victim", ["vectors.faiss", "chunks.jsonl", "sentence_vectors.npy"])
+@pytest.mark.parametrize(
+    "victim",
+    ["vectors.faiss", "chunk_spans.npy", "texts.txt", "sentence_vectors.npy"],
+)
 def test_corrupted_or_truncated_file_is_named(
     settings: Settings, fake_embedder: FakeEmbedder, victim: str
 ) -> None:

@@ -642,9 +642,10 @@ def test_the_engine_answers_from_milvus_as_from_the_local_store(
         for p in remote.passages:
             doc = milvus.data.document(p.citation.doc_id)
             assert doc is not None and doc.text[p.citation.start : p.citation.end] == p.text
-        assert [round(p.score, 4) for p in remote.passages] == [
-            round(p.score, 4) for p in local.passages
-        ]
+        # the local store keeps vectors as float16 (index format 6), Milvus as float32
+        np.testing.assert_allclose(
+            [p.score for p in remote.passages], [p.score for p in local.passages], atol=1e-3
+        )
         assert [p.highlight for p in remote.passages] == [p.highlight for p in local.passages]
     assert compared == 3 * len(questions) == 72
 

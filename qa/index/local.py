@@ -1,12 +1,14 @@
 """The local store: a generation folder loaded as a Snapshot, and the folder as a store.
 
-``LocalSnapshot`` holds one generation in memory (FAISS for vectors, bm25s for BM25, the
-chunk table as columns); ``LocalIndexStore`` writes, publishes, loads and rolls back
+``LocalSnapshot`` serves one generation from its segments' memory-mapped files (float16
+vectors and a qa.ann index per segment, chunk columns, document texts, BM25 term
+counts); ``LocalIndexStore`` writes, publishes, loads and rolls back
 generations in one folder (protocol: qa.index.publish, files: qa.index.files).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import shutil
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from qa.ann import AnnConfig
 from qa.documents import Chunk, Document
 from qa.errors import IndexCorrupt, IndexNotReady, QAError
 from qa.index import publish
@@ -26,6 +29,7 @@ from qa.index.files import (
     verify_written,
     write_manifest,
 )
+from qa.index.faiss_store import top
 from qa.index.segment import (
     SEGMENTS_DIR,
     Segment,
@@ -41,57 +45,99 @@ from qa.lexical import IdentifierIndex
 from qa.normalize import nfc
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest scores, best first (ties in position order)."""
-    if k >= len(scores):
-        return np.argsort(-scores, kind="stable")
-    part = np.argpartition(-scores, k)[:k]
-    return part[np.argsort(-scores[part], kind="stable")]
-
-
 def text_key(text: str) -> str:
     """SHA-256 of a text as embedded: the key of a reusable vector."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The positions lo[0]:hi[0], lo[1]:hi[1], ... one after the other, int64."""
+    sizes = hi - lo
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out: np.ndarray = np.arange(total, dtype=np.int64) + np.repeat(lo - starts, sizes)
+    return out
+
+
+class _LivePostings(dict[str, np.ndarray]):
+    """identifier -> live generation rows holding it, looked up in each segment's table
+    when a query asks (and kept), instead of merging every segment's table at load."""
+
+    KEPT = 4096
+
+    def __init__(self, parts: list[tuple[dict[str, list[int]], np.ndarray, int]]) -> None:
+        super().__init__()
+        self._parts = parts  # (segment table, live mask of its rows, offset of its rows)
+
+    def __getitem__(self, token: str) -> np.ndarray:
+        kept = dict.get(self, token)  # one lookup: another thread may clear the table
+        if kept is not None:
+            return kept
+        found = [np.zeros(0, dtype=np.int64)]
+        for table, live, offset in self._parts:
+            seg_rows = table.get(token)
+            if seg_rows:
+                rows = np.asarray(seg_rows, dtype=np.int64)
+                found.append(rows[live[rows]] + offset)
+        rows = np.concatenate(found)
+        if len(self) >= self.KEPT:
+            self.clear()
+        self[token] = rows
+        return rows
+
+    def __contains__(self, token: object) -> bool:
+        return isinstance(token, str) and len(self[token]) > 0
+
+
+_MASKS_KEPT = 16  # filters whose row mask a snapshot keeps (one search asks 4-5 times)
+
+
 class LocalSnapshot:
     """A loaded local generation: its segments side by side in one row order, the chunks
     of documents the generation does not hold from that segment dead (see
-    qa.index.snapshot.Snapshot for the methods)."""
+    qa.index.snapshot.Snapshot for the methods).
+
+    Vectors, chunk columns and texts stay the segments' memory-mapped files, looked up by
+    (segment, row); only small per-row columns of the whole generation are held (id,
+    document, live flag, and ids sorted with their rows: 29 bytes a chunk), and ``Chunk``
+    and ``Document`` objects are made for the ids asked for."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], segments: list[Segment]) -> None:
         self.path = path
         self._manifest = manifest
         self._segments = segments
+        self._dim = int(manifest["model"]["dimension"])
         holder = {doc_id: meta["segment"] for doc_id, meta in manifest["documents"].items()}
-        self._documents = {
-            doc_id: seg.documents[doc_id]
-            for seg in segments
-            for doc_id in seg.documents
-            if holder.get(doc_id) == seg.name
-        }
-        self._chunks = [c for seg in segments for c in seg.chunks]
-        n = len(self._chunks)
-        dim = int(manifest["model"]["dimension"])
-        self._ids = (
-            np.concatenate([seg.ids for seg in segments]) if segments else np.zeros(0, np.int64)
-        )
-        self._vectors = (
-            np.concatenate([seg.vectors for seg in segments])
-            if segments
-            else np.zeros((0, dim), np.float32)
-        )  # (n, dim), row i is chunk i
-        offsets = np.cumsum([0] + [len(seg.chunks) for seg in segments])
+        self._doc_refs: list[tuple[int, int]] = []  # document position -> (segment, row)
+        doc_maps: list[np.ndarray] = []  # per segment: its document rows -> position (-1)
+        for s, seg in enumerate(segments):
+            held = np.full(len(seg.doc_rows) + 1, -1, dtype=np.int32)
+            for j, row in enumerate(seg.doc_rows):
+                if holder.get(row["doc_id"]) == seg.name:
+                    held[j] = len(self._doc_refs)
+                    self._doc_refs.append((s, j))
+            doc_maps.append(held)
+        self._meta = [segments[s].doc_rows[j] for s, j in self._doc_refs]
+        self._position = {row["doc_id"]: i for i, row in enumerate(self._meta)}
+        sizes = [len(seg) for seg in segments]
+        offsets = np.cumsum([0, *sizes]).astype(np.int64)
         self._offsets = offsets
-        live_parts = [
-            np.fromiter(
-                (holder.get(c.doc_id) == seg.name for c in seg.chunks),
-                dtype=bool,
-                count=len(seg.chunks),
-            )
-            for seg in segments
-        ]
-        self._live = np.concatenate(live_parts) if segments else np.zeros(0, bool)
+        n = int(offsets[-1])
+        self._chunk_doc = (
+            np.concatenate([held[seg.docs] for held, seg in zip(doc_maps, segments, strict=True)])
+            if segments
+            else np.zeros(0, np.int32)
+        )  # (n,) int32 document position of each chunk, -1: dead; filters read this column
+        self._live = self._chunk_doc >= 0
+        self._all_live = bool(self._live.all())
+        live_parts = [self._live[int(lo) : int(hi)] for lo, hi in zip(offsets, offsets[1:])]
+        self._ids = (
+            np.concatenate([np.asarray(seg.ids) for seg in segments])
+            if segments
+            else np.zeros(0, np.int64)
+        )
         self._bm25 = SegmentedBM25(
             [
                 (seg.terms, live, int(off))
@@ -99,66 +145,34 @@ class LocalSnapshot:
             ],
             n,
         )
-        self._sentences = (
-            np.concatenate(
-                [
-                    seg.sentences + np.asarray([off, 0, 0], dtype=np.int64)
-                    for seg, off in zip(segments, offsets, strict=False)
-                ]
-            )
-            if segments
-            else np.zeros((0, 3), np.int64)
-        )  # (n_sentences, 3) int64: chunk row, start, end
-        self._sentence_vectors = (
-            np.concatenate([seg.sentence_vectors for seg in segments])
-            if segments
-            else np.zeros((0, dim), np.float32)
-        )
-        # the segments' own arrays become views of the joined ones: one copy in memory
-        sentence_offsets = np.cumsum([0] + [len(seg.sentences) for seg in segments])
-        for seg, lo, hi, s_lo, s_hi in zip(
-            segments, offsets, offsets[1:], sentence_offsets, sentence_offsets[1:], strict=False
-        ):
-            seg.vectors = self._vectors[int(lo) : int(hi)]
-            seg.sentence_vectors = self._sentence_vectors[int(s_lo) : int(s_hi)]
         live_rows = np.flatnonzero(self._live)
         live_ids = self._ids[live_rows]
         order = np.argsort(live_ids, kind="stable")
         self._sorted_ids = live_ids[order]  # row lookup by id, live chunks only
         self._sorted_rows = live_rows[order]
-        ranges = np.zeros((n, 2), dtype=np.int64)
-        if len(self._sentences):
-            owners = self._sentences[:, 0]
-            ranges[:, 0] = np.searchsorted(owners, np.arange(n), side="left")
-            ranges[:, 1] = np.searchsorted(owners, np.arange(n), side="right")
-        self._sentence_ranges = ranges  # (n, 2): rows into sentences of each chunk
-        self._doc_list = list(self._documents.values())
-        position = {d.doc_id: i for i, d in enumerate(self._doc_list)}
-        self._position = position
-        self._chunk_doc = np.fromiter(
-            (
-                position.get(c.doc_id, -1) if live else -1
-                for c, live in zip(self._chunks, self._live, strict=True)
-            ),
-            dtype=np.int64,
-            count=n,
-        )  # (n,) document of each live chunk (-1: dead), a column filters are evaluated on
-        doc_chunks = np.bincount(self._chunk_doc[self._live], minlength=len(self._doc_list))
+        doc_chunks = np.bincount(self._chunk_doc[self._live], minlength=len(self._meta))
         self._doc_info = {
-            d.doc_id: DocumentInfo(d.doc_id, d.title, d.path, d.sha256, int(doc_chunks[i]))
-            for i, d in enumerate(self._doc_list)
+            m["doc_id"]: DocumentInfo(m["doc_id"], m["title"], m["path"], m["sha256"], int(c))
+            for m, c in zip(self._meta, doc_chunks, strict=True)
         }
-        table: dict[str, list[np.ndarray]] = {}
-        for seg, live, off in zip(segments, live_parts, offsets, strict=False):
-            for token, seg_rows in seg.identifiers.items():
-                rows = np.asarray(seg_rows, dtype=np.int64)
-                rows = rows[live[rows]] + off
-                if len(rows):
-                    table.setdefault(token, []).append(rows)
+        # filters: documents by NFC id, and NFC paths sorted (a prefix is a range of them)
+        self._by_nfc_id: dict[str, list[int]] = {}
+        for i, m in enumerate(self._meta):
+            self._by_nfc_id.setdefault(nfc(m["doc_id"]), []).append(i)
+        paths = sorted((nfc(m["path"]), i) for i, m in enumerate(self._meta))
+        self._sorted_paths = [p for p, _ in paths]
+        self._path_order = np.asarray([i for _, i in paths], dtype=np.int64)
+        self._masks: dict[Filters, np.ndarray] = {}
+        self._masks_lock = threading.Lock()
         self._identifiers = IdentifierIndex.from_postings(
-            {t: np.concatenate(parts) for t, parts in table.items()}, len(live_rows)
+            _LivePostings(
+                [
+                    (seg.identifiers, live, int(off))
+                    for seg, live, off in zip(segments, live_parts, offsets, strict=False)
+                ]
+            ),
+            len(live_rows),
         )  # over the live chunks, by row
-        self._last_bm25 = threading.local()  # (query, scores) of this thread's last query
 
     # ------------------------------------------------------------------ about
     @property
@@ -201,66 +215,77 @@ class LocalSnapshot:
         rows: np.ndarray = self._sorted_rows[pos]
         return rows
 
+    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment, row in it) of generation rows."""
+        seg_of = np.searchsorted(self._offsets, rows, side="right") - 1
+        return seg_of, rows - self._offsets[seg_of]
+
+    def _allowed_documents(self, filters: Filters) -> np.ndarray:
+        """Boolean (n_docs,) of the documents the filters allow, without a loop over them:
+        ids through a dict, a path prefix as a range of the sorted NFC paths."""
+        allowed = np.ones(len(self._meta), dtype=bool)
+        if filters.doc_ids is not None:
+            allowed[:] = False
+            for doc_id in filters.doc_ids:
+                allowed[self._by_nfc_id.get(doc_id, [])] = True
+        if filters.path_prefix:
+            prefix, paths = filters.path_prefix, self._sorted_paths
+            lo = bisect.bisect_left(paths, prefix)
+            hi = bisect.bisect_left(paths, prefix + "\U0010ffff", lo)
+            while hi < len(paths) and paths[hi].startswith(prefix):
+                hi += 1
+            in_range = np.zeros(len(self._meta), dtype=bool)
+            in_range[self._path_order[lo:hi]] = True
+            allowed &= in_range
+        return allowed
+
     def _mask(self, filters: Filters | None) -> np.ndarray | None:
         """Boolean (n,) of the live chunks the filters allow; None when every row is live
-        and there is no filter."""
+        and there is no filter. Evaluated on the document column, kept for a few filters."""
         if filters is None or not filters.active:
-            return None if self._live.all() else self._live
-        allowed_docs = np.fromiter(
-            (filters.allows(d.doc_id, d.path) for d in self._doc_list),
-            dtype=bool,
-            count=len(self._doc_list),
-        )
-        mask: np.ndarray = np.append(allowed_docs, False)[self._chunk_doc]  # -1: dead
+            return None if self._all_live else self._live
+        mask = self._masks.get(filters)
+        if mask is None:
+            allowed = np.append(self._allowed_documents(filters), False)
+            mask = allowed[self._chunk_doc]  # -1 (dead) reads the appended False
+            with self._masks_lock:
+                if len(self._masks) >= _MASKS_KEPT:
+                    self._masks.pop(next(iter(self._masks)))
+                self._masks[filters] = mask
         return mask
 
     def count(self, filters: Filters | None) -> int:
         mask = self._mask(filters)
-        return len(self) if mask is None else int(mask.sum())
+        return len(self) if mask is None else int(np.count_nonzero(mask))
 
     # ------------------------------------------------------------------ retrieval
     def dense(self, vector: np.ndarray, k: int, filters: Filters | None) -> Scored:
-        """Each segment's FAISS index searched for its allowed chunks (live and within the
-        filters, by an id selector), the results merged by score."""
+        """Each segment's vector index searched for its allowed rows (live and within the
+        filters: a row bitmap for its approximate index, or exact search over the allowed
+        rows when they are few; qa.index.faiss_store), the results merged by score."""
         mask = self._mask(filters)
         found_ids, found_scores = [], []
-        for seg, lo in zip(self._segments, self._offsets, strict=False):
-            allowed = None
-            if mask is not None:
-                part = mask[int(lo) : int(lo) + len(seg.ids)]
-                if not part.any():
-                    continue
-                allowed = None if part.all() else seg.ids[part]
-            ids, scores = seg.store.search(vector, k, allowed)
-            found_ids.append(ids)
+        for seg, lo, hi in zip(self._segments, self._offsets, self._offsets[1:], strict=False):
+            allowed = None if mask is None else mask[int(lo) : int(hi)]
+            if allowed is not None and allowed.all():
+                allowed = None
+            rows, scores = seg.store.search(vector, k, allowed)
+            found_ids.append(np.asarray(seg.ids[rows], dtype=np.int64))
             found_scores.append(scores)
         if not found_ids:
             return Scored.empty()
         ids, scores = np.concatenate(found_ids), np.concatenate(found_scores)
-        picked = _top(scores, k)
+        picked = top(scores, k)
         return Scored(ids[picked], scores[picked].astype(np.float32))
 
-    def _bm25_scores(self, query: str) -> np.ndarray:
-        last = getattr(self._last_bm25, "value", None)
-        if last is not None and last[0] == query:
-            scores: np.ndarray = last[1]
-            return scores
-        scores = self._bm25.scores(query)
-        self._last_bm25.value = (query, scores)
-        return scores
-
     def lexical(self, query: str, k: int, filters: Filters | None) -> Scored:
-        scores = self._bm25_scores(query)
-        mask = self._mask(filters)
-        if mask is not None:
-            scores = np.where(mask, scores, 0.0).astype(np.float32)
-        rows = _top(scores, k)
-        rows = rows[scores[rows] > 0]
-        return Scored(self._ids[rows], scores[rows])
+        """The ``k`` best chunks by BM25 (``SegmentedBM25.top``: only the query terms'
+        postings are read, the filter applied to them)."""
+        rows, scores = self._bm25.top(query, k, self._mask(filters))
+        return Scored(self._ids[rows], scores)
 
     def lexical_scores(self, query: str, ids: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._bm25_scores(query)[self.rows(ids)]
-        return out
+        return self._bm25.scores_of(query, self.rows(ids))
 
     def exact(self, query: str, filters: Filters | None) -> Scored:
         rows, values = self._identifiers.match(query)
@@ -271,33 +296,71 @@ class LocalSnapshot:
         return Scored(self._ids[rows], values)
 
     # ------------------------------------------------------------------ contents
-    def chunks(self, ids: np.ndarray) -> list[Chunk]:
-        return [self._chunks[int(r)] for r in self.rows(ids)]
+    def _chunks_at(self, rows: np.ndarray) -> list[Chunk]:
+        seg_of, local = self._locate(rows)
+        out: list[Chunk] = []
+        order = np.argsort(seg_of, kind="stable")
+        for s in np.unique(seg_of):  # a segment's rows read together, then put in order
+            out += self._segments[int(s)].chunks(local[order][seg_of[order] == s])
+        back = np.empty(len(rows), dtype=np.int64)
+        back[order] = np.arange(len(rows))
+        return [out[i] for i in back.tolist()]
 
-    def chunk_vectors(self, ids: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._vectors[self.rows(ids)]
+    def chunks(self, ids: np.ndarray) -> list[Chunk]:
+        return self._chunks_at(self.rows(ids))
+
+    def _vectors_at(self, rows: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        out: np.ndarray = np.zeros((len(rows), self._dim), dtype=dtype)
+        seg_of, local = self._locate(rows)
+        for s in np.unique(seg_of):
+            sel = seg_of == s
+            out[sel] = self._segments[int(s)].store.vectors[local[sel]]
         return out
 
-    def sentences(self, ids: np.ndarray) -> SentenceSet:
-        ranges = self._sentence_ranges[self.rows(ids)]
-        sizes = ranges[:, 1] - ranges[:, 0]
+    def chunk_vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self._vectors_at(self.rows(ids))
+
+    def _sentences_at(
+        self, rows: np.ndarray, dtype: type = np.float32
+    ) -> tuple[SentenceSet, np.ndarray]:
+        """The sentences of generation rows (vectors as ``dtype``), and how many each row
+        has."""
+        m = len(rows)
+        seg_of, local = self._locate(rows)
+        lo = np.zeros(m, dtype=np.int64)
+        hi = np.zeros(m, dtype=np.int64)
+        for s in np.unique(seg_of):
+            sel = seg_of == s
+            indptr = self._segments[int(s)].sentence_indptr
+            lo[sel], hi[sel] = indptr[local[sel]], indptr[local[sel] + 1]
+        sizes = hi - lo
         total = int(sizes.sum())
-        if total == 0:
-            dim = self._vectors.shape[1] if self._vectors.ndim == 2 else 0
-            return SentenceSet(
-                np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros((0, dim), np.float32)
-            )
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        rows = np.arange(total) + np.repeat(ranges[:, 0] - offsets, sizes)
-        owner = np.repeat(np.arange(len(ids)), sizes)
-        return SentenceSet(owner, self._sentences[rows, 1:], self._sentence_vectors[rows])
+        owner = np.repeat(np.arange(m, dtype=np.int64), sizes)
+        spans = np.zeros((total, 2), dtype=np.int64)
+        vectors: np.ndarray = np.zeros((total, self._dim), dtype=dtype)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        for s in np.unique(seg_of) if total else []:
+            sel = seg_of == s
+            seg = self._segments[int(s)]
+            src = _ranges(lo[sel], hi[sel])
+            dst = _ranges(starts[sel], starts[sel] + sizes[sel])
+            spans[dst] = seg.sentence_spans[src]
+            vectors[dst] = seg.sentence_vectors[src]
+        return SentenceSet(owner, spans, vectors), sizes
+
+    def sentences(self, ids: np.ndarray) -> SentenceSet:
+        return self._sentences_at(self.rows(ids))[0]
+
+    def _document_at(self, position: int) -> Document:
+        s, j = self._doc_refs[position]
+        return self._segments[s].document(j)
 
     def document(self, doc_id: str) -> Document | None:
-        doc = self._documents.get(doc_id)
-        if doc is None:  # the same id in another normalisation form (NFD from macOS)
-            wanted = nfc(doc_id)
-            doc = next((d for k, d in self._documents.items() if nfc(k) == wanted), None)
-        return doc
+        position = self._position.get(doc_id)
+        if position is None:  # the same id in another normalisation form (NFD from macOS)
+            found = self._by_nfc_id.get(nfc(doc_id))
+            position = found[0] if found else None
+        return None if position is None else self._document_at(position)
 
     def document_info(self, doc_id: str) -> DocumentInfo | None:
         return self._doc_info.get(doc_id)
@@ -305,24 +368,27 @@ class LocalSnapshot:
     def documents(self) -> list[DocumentInfo]:
         return list(self._doc_info.values())
 
+    def _rows_of(self, doc_ids: Iterable[str]) -> np.ndarray:
+        wanted = [p for p in (self._position.get(d, -1) for d in doc_ids) if p >= 0]
+        return np.flatnonzero(np.isin(self._chunk_doc, wanted))
+
     def known_vectors(self, doc_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Vectors of the live chunks and sentences (of ``doc_ids`` only, if given), by
         SHA-256 of the text embedded."""
-        if doc_ids is None:
-            rows = np.flatnonzero(self._live)
-        else:
-            wanted = {self._index_of(d) for d in doc_ids} - {-1}
-            rows = np.flatnonzero(np.isin(self._chunk_doc, list(wanted)))
+        rows = np.flatnonzero(self._live) if doc_ids is None else self._rows_of(doc_ids)
         cache: dict[str, np.ndarray] = {}
-        for row in rows:
-            chunk = self._chunks[int(row)]
-            cache[text_key(chunk.embed_text)] = self._vectors[row]
-            lo, hi = self._sentence_ranges[row]
-            for i in range(int(lo), int(hi)):
-                _, start, end = self._sentences[i]
-                text = chunk.text[int(start) - chunk.start : int(end) - chunk.start]
+        for lo in range(0, len(rows), 4096):  # a block at a time: vectors are mapped
+            block = rows[lo : lo + 4096]
+            chunks = self._chunks_at(block)
+            vectors = self._vectors_at(block)
+            sents, sizes = self._sentences_at(block)
+            for chunk, vector in zip(chunks, vectors, strict=True):
+                cache[text_key(chunk.embed_text)] = vector
+            for i, (start, end) in enumerate(sents.spans.tolist()):
+                chunk = chunks[int(sents.owner[i])]
                 if chunk.start <= start and end <= chunk.end:
-                    cache[text_key(text)] = self._sentence_vectors[i]
+                    text = chunk.text[start - chunk.start : end - chunk.start]
+                    cache[text_key(text)] = sents.vectors[i]
         return cache
 
     # ------------------------------------------------------------------ for the builder
@@ -339,32 +405,21 @@ class LocalSnapshot:
     def export(self, doc_ids: Iterable[str]) -> SegmentPayload:
         """The live chunks, vectors and sentences of some documents, as a segment payload
         (for a compaction: copied, not embedded again)."""
-        wanted = [self._index_of(d) for d in doc_ids]
-        docs = [self._doc_list[i] for i in wanted if i >= 0]
-        rows = np.flatnonzero(np.isin(self._chunk_doc, [i for i in wanted if i >= 0]))
-        by_doc = sorted(rows.tolist(), key=lambda r: (int(self._chunk_doc[r]), r))
-        rows = np.asarray(by_doc, dtype=np.int64)
-        sentence_rows: list[int] = []
-        owners: list[int] = []
-        for new_row, row in enumerate(rows):
-            lo, hi = self._sentence_ranges[row]
-            sentence_rows.extend(range(int(lo), int(hi)))
-            owners.extend([new_row] * int(hi - lo))
-        spans = self._sentences[sentence_rows, 1:] if sentence_rows else np.zeros((0, 2), int)
-        sentences = np.column_stack([np.asarray(owners, dtype=np.int64), spans]).reshape(-1, 3)
-        dim = self._vectors.shape[1]
+        wanted = [p for p in (self._position.get(d, -1) for d in doc_ids) if p >= 0]
+        rows = np.flatnonzero(np.isin(self._chunk_doc, wanted))
+        rows = rows[np.argsort(self._chunk_doc[rows], kind="stable")]  # by document
+        # float16 as stored: a compaction of 1M chunks copies 4M sentence vectors
+        sents, sizes = self._sentences_at(rows, np.float16)
+        sentences = np.column_stack([sents.owner, sents.spans]).reshape(-1, 3)
         return SegmentPayload(
-            documents=docs,
-            chunks=[self._chunks[int(r)] for r in rows],
+            documents=[self._document_at(p) for p in dict.fromkeys(wanted)],
+            chunks=self._chunks_at(rows),
             chunk_ids=self._ids[rows],
-            chunk_vectors=self._vectors[rows].reshape(-1, dim),
+            chunk_vectors=self._vectors_at(rows, np.float16),
             sentences=sentences.astype(np.int64),
-            sentence_vectors=self._sentence_vectors[sentence_rows].reshape(-1, dim),
-            dimension=dim,
+            sentence_vectors=sents.vectors,
+            dimension=self._dim,
         )
-
-    def _index_of(self, doc_id: str) -> int:
-        return self._position.get(doc_id, -1)
 
 
 def load_generation(gen_dir: Path, spec: IndexSpec | None = None) -> LocalSnapshot:
@@ -404,9 +459,10 @@ def load_current(index_dir: Path, spec: IndexSpec | None = None) -> LocalSnapsho
 class LocalIndexStore:
     """Generations of one local index folder: the store behind ``QA_VECTOR_STORE=faiss``."""
 
-    def __init__(self, index_dir: Path, keep: int = 2) -> None:
+    def __init__(self, index_dir: Path, keep: int = 2, ann: AnnConfig | None = None) -> None:
         self.index_dir = index_dir
         self.keep = keep
+        self.ann = ann or AnnConfig()  # the vector index type of segments written here
 
     def __str__(self) -> str:
         return str(self.index_dir)
@@ -434,7 +490,9 @@ class LocalIndexStore:
         name = None
         if payload.segment is not None:
             name = segment_name(publish.generation_number(tmp.with_name(tmp.name[:-4])))
-            segments[name] = write_segment(self.index_dir / SEGMENTS_DIR, name, payload.segment)
+            segments[name] = write_segment(
+                self.index_dir / SEGMENTS_DIR, name, payload.segment, self.ann
+            )
             for meta in payload.documents.values():
                 if meta["segment"] is None:
                     meta["segment"] = name

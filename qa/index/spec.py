@@ -8,9 +8,11 @@ from typing import Any
 
 from qa.errors import IndexMismatch
 
-FORMAT_VERSION = 5  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers;
+FORMAT_VERSION = 6  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers;
 # 4: search normalisation (NFKC) of BM25 tokens and embedder input, chunks within the window;
 # 5: stable chunk ids (qa.index.ids) are the vector ids and a column of chunks.jsonl
+# 6: columns memory-mapped: float16 vectors (.npy), a qa.ann index by size, chunk columns,
+#    document texts in one UTF-8 file read per document
 
 
 @dataclass(frozen=True)
