@@ -122,13 +122,13 @@ def _watch_from_supervisor(settings: Settings, stop: threading.Event) -> None:
     """Watch the corpus in this (the supervising) process and publish new generations;
     the workers find them through the pointer within QA_RELOAD_INTERVAL. The embedding
     model loads here on the first update only."""
-    from qa.assemble import embedder_from_settings, spec_from_settings
+    from qa.assemble import embedder_from_settings, spec_from_settings, store_from_settings
     from qa.extraction import CorpusLimits
     from qa.updater import Updater, start_watcher
 
     updater = Updater(
         Path(settings.corpus_dir),
-        Path(settings.index_dir),
+        store_from_settings(settings),  # the folder QA_INDEX_DIR (with its ANN setting), or Milvus
         embedder_from_settings(settings),
         spec_from_settings(settings),
         keep_generations=settings.keep_generations,
