@@ -1040,6 +1040,18 @@ class LRU:
             self._data.move_to_end(key)
             return self._data[key]
 
+    def split(self, keys: Iterable[Any]) -> tuple[dict[Any, Any], list[Any]]:
+        """({key: value} of the keys held, [the keys not held]), in the keys' order."""
+        found: dict[Any, Any] = {}
+        missing: list[Any] = []
+        for key in keys:
+            value = self.get(key)
+            if value is None:
+                missing.append(key)
+            else:
+                found[key] = value
+        return found, missing
+
     def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._data[key] = value
@@ -1286,14 +1298,7 @@ class MilvusSnapshot:
     def _rows(self, ids: np.ndarray) -> dict[int, dict[str, Any]]:
         """Every chunk field of each id (from the cache, the rest in one query)."""
         wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).tolist()})
-        by_id: dict[int, dict[str, Any]] = {}
-        fetch = []
-        for i in wanted:
-            row = self._row_cache.get(i)
-            if row is None:
-                fetch.append(i)
-            else:
-                by_id[i] = row
+        by_id, fetch = self._row_cache.split(wanted)
         if fetch:
             # rows a search of this snapshot returned are read by primary key (a point
             # lookup; a filter on chunk_id is a scan in Milvus Lite), the rest by filter
@@ -1364,14 +1369,7 @@ class MilvusSnapshot:
         )
         if not len(arr):
             return empty
-        per_chunk: dict[int, list[dict[str, Any]]] = {}
-        fetch = []
-        for cid in sorted(set(arr.tolist())):
-            cached = self._sentence_cache.get(cid)
-            if cached is None:
-                fetch.append(cid)
-            else:
-                per_chunk[cid] = cached
+        per_chunk, fetch = self._sentence_cache.split(sorted(set(arr.tolist())))
         if fetch:
             rows = self.index._query_ids(
                 self.index.sentences_name,
