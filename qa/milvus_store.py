@@ -627,12 +627,16 @@ class MilvusIndex:
                 touched += len(closed)
         if touched:
             self.flush()
-        stale = [g for g in self.generations() if g > current]
-        listed = f'kind in ["sources", "skipped"] and value > {current}'
-        stale += [int(r["pk"]) for r in self._iterate(self.meta_name, listed, ["pk"])]
-        if stale:
-            self.client.delete(self.meta_name, ids=stale, timeout=self.timeout)
+        self._delete_meta(f"value > {current}")
         return touched
+
+    def _delete_meta(self, bound: str) -> None:
+        """Delete the records and listings (file stamps, skip list) of the generations
+        whose number meets ``bound`` (e.g. "value < 7"); the pointer is never one."""
+        expr = f'kind in ["generation", "sources", "skipped"] and {bound}'
+        pks = [int(r["pk"]) for r in self._iterate(self.meta_name, expr, ["pk"])]
+        if pks:
+            self.client.delete(self.meta_name, ids=pks, timeout=self.timeout)
 
     def prune(self, keep: int = 2) -> int:
         """Delete rows no longer visible in any of the ``keep`` newest published
@@ -652,11 +656,7 @@ class MilvusIndex:
             if dead:
                 self.client.delete(name, ids=[int(r["pk"]) for r in dead], timeout=self.timeout)
                 removed += len(dead)
-        old_records = [g for g in self.generations() if g < oldest]
-        old_stamps = f'kind in ["sources", "skipped"] and value < {oldest}'
-        old_records += [int(r["pk"]) for r in self._iterate(self.meta_name, old_stamps, ["pk"])]
-        if old_records:
-            self.client.delete(self.meta_name, ids=old_records, timeout=self.timeout)
+        self._delete_meta(f"value < {oldest}")
         return removed
 
     # ------------------------------------------------------------------ write

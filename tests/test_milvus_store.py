@@ -744,6 +744,7 @@ def test_an_update_opens_only_the_files_whose_stamp_changed(
         note.write_text(note.read_text() + " More.", encoding="utf-8")
         build_index(corpus_dir, store, fake_embedder, spec, skip_if_unchanged=True)
     assert store.index().sources(first.generation) == {}
+    assert first.generation not in store.index().generations()  # nor its record
 
 
 def test_exact_identifiers_score_as_the_local_store(tmp_path: Path) -> None:
