@@ -103,7 +103,13 @@ def server_rss_mb(pid: int) -> dict[str, float]:
 
     proc = psutil.Process(pid)
     rss = {"serve": round(proc.memory_info().rss / 2**20)}
-    workers = [c for c in proc.children() if "spawn_main" in " ".join(c.cmdline())]
+    def is_worker(child: psutil.Process) -> bool:
+        try:  # a child that has just exited (a zombie) is no worker
+            return "spawn_main" in " ".join(child.cmdline())
+        except psutil.Error:
+            return False
+
+    workers = [c for c in proc.children() if is_worker(c)]
     for i, child in enumerate(workers, 1):
         rss[f"worker{i}"] = round(child.memory_info().rss / 2**20)
     rss["total"] = sum(rss.values())

@@ -34,8 +34,8 @@ def start_server(
     """Start ``python -m qa serve`` with ``env`` (its output to ``log_dir/server-PORT.log``)
     and return ``(base_url, process)`` once ``wait_for`` answers 200.
 
-    Raises RuntimeError, naming the log, when the process exits first or is not ready within
-    ``timeout`` seconds (the process is killed then).
+    Raises RuntimeError, naming the log (quoting its end when the process exited), when the
+    process exits first or is not ready within ``timeout`` seconds (it is killed then).
     """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
@@ -51,7 +51,8 @@ def start_server(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+            tail = log_path.read_text("utf-8", "replace")[-3000:]
+            raise RuntimeError(f"server exited with {proc.returncode}; {log_path} ends:\n{tail}")
         try:
             if httpx.get(f"{url}{wait_for}", timeout=2).status_code == 200:
                 return url, proc

@@ -13,19 +13,33 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from itertools import chain, repeat
 from pathlib import Path
 
-import bm25s
 import numpy as np
 import scipy.sparse as sp
 import Stemmer
-from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
-from bm25s.stopwords import STOPWORDS_EN
 
 from qa.normalize import search_form
+
+# bm25s runs a JAX top-k at import time when JAX is installed. qa never uses JAX (BM25's
+# top-k here is numpy's), and where JAX is installed but cannot start its CUDA backend that
+# call raises and the import of qa fails (seen on a GPU machine whose server workers could
+# not open the device). So JAX is hidden from this one import (bm25s then selects with
+# numpy); a JAX the process had already imported is left as it is.
+_HIDE_JAX = "jax" not in sys.modules
+if _HIDE_JAX:
+    sys.modules["jax"] = None  # type: ignore[assignment]
+try:
+    import bm25s
+    from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
+    from bm25s.stopwords import STOPWORDS_EN
+finally:
+    if _HIDE_JAX:
+        del sys.modules["jax"]
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 

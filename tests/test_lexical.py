@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import bm25s
@@ -119,3 +122,39 @@ def test_no_term_known_and_empty_corpus(tmp_path: Path) -> None:
     assert only_stopwords.scores("the").tolist() == [0.0, 0.0]
     only_stopwords.save(tmp_path)
     assert BM25Index.load(tmp_path, 2).scores("cat").tolist() == [0.0, 0.0]
+
+
+_BROKEN_JAX = """
+def top_k(*args, **kwargs):
+    raise RuntimeError("Unable to initialize backend 'cuda': no supported devices found")
+"""
+
+
+def _import_with_broken_jax(tmp_path: Path, first: str) -> subprocess.CompletedProcess[str]:
+    """Import qa.lexical in a fresh interpreter that has a JAX whose top-k raises, as one
+    whose CUDA plugin cannot start does (bm25s calls it at import time)."""
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "jax" / "__init__.py").write_text("from jax import lax\n")
+    (tmp_path / "jax" / "lax.py").write_text(_BROKEN_JAX)
+    code = (
+        f"{first}\nimport sys, qa.lexical\n"
+        "print('jax' in sys.modules, qa.lexical.tokenize(['Running dogs'])[0])"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}"}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_broken_jax_does_not_stop_qa_from_importing(tmp_path: Path) -> None:
+    """bm25s runs a JAX top-k when it is imported; qa never uses JAX, so a JAX that cannot
+    start (a GPU machine's CUDA plugin without the device) must not break qa's import."""
+    done = _import_with_broken_jax(tmp_path, "")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "['run',", "'dog']"], done.stdout
+
+
+def test_a_jax_already_imported_is_left_alone(tmp_path: Path) -> None:
+    done = _import_with_broken_jax(tmp_path, "import jax")
+    assert done.returncode != 0 and "Unable to initialize backend" in done.stderr
