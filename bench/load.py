@@ -103,6 +103,7 @@ def server_rss_mb(pid: int) -> dict[str, float]:
 
     proc = psutil.Process(pid)
     rss = {"serve": round(proc.memory_info().rss / 2**20)}
+
     def is_worker(child: psutil.Process) -> bool:
         try:  # a child that has just exited (a zombie) is no worker
             return "spawn_main" in " ".join(child.cmdline())
