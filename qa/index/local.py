@@ -309,6 +309,17 @@ class LocalSnapshot:
     def chunks(self, ids: np.ndarray) -> list[Chunk]:
         return self._chunks_at(self.rows(ids))
 
+    def chunk_places(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(document position int64 (m,), spans int64 (m, 2)) of the chunks: two column
+        reads, no ``Chunk`` objects (search makes those for its hits only)."""
+        rows = self.rows(ids)
+        spans = np.zeros((len(rows), 2), dtype=np.int64)
+        seg_of, local = self._locate(rows)
+        for s in np.unique(seg_of):
+            sel = seg_of == s
+            spans[sel] = self._segments[int(s)].spans[local[sel]]
+        return self._chunk_doc[rows].astype(np.int64), spans
+
     def _vectors_at(self, rows: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         out: np.ndarray = np.zeros((len(rows), self._dim), dtype=dtype)
         seg_of, local = self._locate(rows)
