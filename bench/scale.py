@@ -601,7 +601,7 @@ def part_local_update(n: int, work: Path) -> dict[str, Any]:
     segment = SegmentPayload(docs, chunks, ids, vectors, sentences,
                              sentence_vectors(vectors, seed=97), DIM)  # fmt: skip
     began = time.perf_counter()
-    store.load(_spec())  # what a serving process holds already: every file hashed once
+    served = store.load(_spec())  # what a serving process holds: every file hashed once
     first_load = time.perf_counter() - began
     began = time.perf_counter()
     with store.lock():
@@ -628,6 +628,7 @@ def part_local_update(n: int, work: Path) -> dict[str, Any]:
     snap = load_current(index, _spec())
     out["reload_s"] = time.perf_counter() - began
     assert snap.generation == 2 and snap.dead_chunks == CHUNKS_PER_DOC
+    assert served.generation == 1  # held until here, as a server holds its generation
     return out
 
 

@@ -125,7 +125,8 @@ def build(
     unique, any value but -1.
 
     Trains the IVF type on a sample (64 points a list) and calibrates its ``nprobe``
-    (:func:`calibrate`) on up to 256 of the vectors, held out until then. Raises ``ValueError`` on mismatched shapes or repeated ids.
+    (:func:`calibrate`) on up to 256 of the vectors, held out until then. Raises
+    ``ValueError`` on mismatched shapes or repeated ids.
     """
     config = config or AnnConfig()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -330,9 +331,10 @@ __all__ = [
     "lists_for",
     "load_mmap",
     "make_index",
-    "nprobe_steps",
     "nprobe_of",
+    "nprobe_steps",
     "recall_at",
+    "recall_at_lists",
     "save",
     "search",
     "search_rows",
