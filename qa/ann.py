@@ -8,8 +8,7 @@ The FAISS index type follows the number of vectors (measured in docs/performance
   rounding (scores differ by < 1e-3), half the bytes, and 1.2-2.7x faster than
   ``IndexFlatIP`` for one question at a time on this machine;
 - from ``QA_ANN_MIN_CHUNKS`` up: an inverted file over 8-bit scalar-quantized vectors
-  (``IndexIVFScalarQuantizer``, ``QT_8bit``, about ``2 * sqrt(n)`` lists, 1 byte a
-  dimension).
+  (``IndexIVFScalarQuantizer``, ``QT_8bit``, about ``sqrt(n)`` lists, 1 byte a dimension).
   How many lists a search visits (``nprobe``) is calibrated at build time on the vectors
   themselves so that recall@10 against exact search is at least ``QA_ANN_TARGET_RECALL``,
   and is saved in the file.
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
 EXACT = "exact-fp16"
 IVF_SQ8 = "ivf-sq8"
 
-_CALIBRATION_QUERIES = 256
+_CALIBRATION_QUERIES = 512
 _RECALL_K = 10
 _TRAIN_POINTS_PER_LIST = 64  # FAISS warns below 39 training points a list
 _ADD_BLOCK = 65_536
@@ -76,12 +75,12 @@ def kind_for(n: int, config: AnnConfig) -> str:
 
 
 def lists_for(n: int) -> int:
-    """Number of IVF lists for ``n`` vectors: the power of two nearest ``2 * sqrt(n)``, at
-    most ``n / 64`` so that every list has enough training points (1M -> 2048, 100k ->
-    512). Measured at 1M (docs/performance.md): 2048 lists reach recall@10 0.95 scanning
-    4.7 % of the codes with a fresh-query recall of 0.962, 1024 lists the same share at
-    0.953; 4096 lists scan 3.1 % but take 192 s of CPU to train and fill, against 69 s."""
-    nlist = 2 ** round(math.log2(max(2 * math.sqrt(n), 1.0)))
+    """Number of IVF lists for ``n`` vectors: the power of two nearest ``sqrt(n)``, at most
+    ``n / 64`` so that every list has enough training points (1M -> 1024, 100k -> 256).
+    Measured at 1M (docs/performance.md): 2048 lists reach the same recall of new queries
+    scanning the same share of the codes (4.7 %) as 1024, at 122 s of CPU to build against
+    77 s; 4096 lists scan 3.1 % but take 192 s of CPU to train and fill."""
+    nlist = 2 ** round(math.log2(max(math.sqrt(n), 1.0)))
     return int(max(1, min(nlist, n // _TRAIN_POINTS_PER_LIST)))
 
 
@@ -125,7 +124,7 @@ def build(
     unique, any value but -1.
 
     Trains the IVF type on a sample (64 points a list) and calibrates its ``nprobe``
-    (:func:`calibrate`) on up to 256 of the vectors, held out until then. Raises
+    (:func:`calibrate`) on up to 512 of the vectors, held out until then. Raises
     ``ValueError`` on mismatched shapes or repeated ids.
     """
     config = config or AnnConfig()
@@ -182,7 +181,7 @@ def calibrate(
     among those in the index) reaches ``target_recall``, or to every list; return the
     recall reached.
 
-    :func:`build` gives up to 256 of the vectors held out of the index (out of training
+    up to 512 of the vectors held out of the index (out of training
     and added only after this): vectors the index has not seen, as a question is. Queries
     that are vectors in the index (each one's own id left out) overstate the recall of new
     ones: at 20,000 clustered vectors 0.95 on those gave 0.946 on new queries.

@@ -51,8 +51,8 @@ def test_type_follows_size() -> None:
     assert ann.kind_for(5_000, config) == ann.IVF_SQ8
     assert ann.kind_of(ann.make_index(100, DIM, config)) == ann.EXACT
     assert ann.kind_of(ann.make_index(10_000, DIM, config)) == ann.IVF_SQ8
-    assert ann.lists_for(1_000_000) == 2048
-    assert ann.lists_for(100_000) == 512
+    assert ann.lists_for(1_000_000) == 1024
+    assert ann.lists_for(100_000) == 256
     assert ann.lists_for(1_000) <= 1_000 // 64
 
 
