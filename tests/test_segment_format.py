@@ -338,3 +338,28 @@ def test_a_segment_is_hashed_once_a_process_then_checked_by_size_and_stat(
     (victim.parent / "swap").replace(victim)
     with pytest.raises(IndexCorrupt, match=r"vectors\.faiss"):
         load_current(tmp_path, SPEC)
+
+
+def test_a_segment_held_by_a_snapshot_is_taken_as_loaded_until_it_changes(
+    tmp_path: Path,
+) -> None:
+    import gc
+    import os
+    import weakref
+
+    first = publish(LocalIndexStore(tmp_path), synthetic(20, 3))
+    again = load_current(tmp_path, SPEC)
+    held = first._segments[0]
+    assert again._segments[0] is held  # the next load of the same segment reuses it
+    assert again.chunks(again.chunk_ids[:5]) == first.chunks(first.chunk_ids[:5])
+    # a file touched (same bytes, another mtime) is verified again and read again
+    victim = tmp_path / "segments" / "seg-000001" / "chunk_spans.npy"
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    touched = load_current(tmp_path, SPEC)
+    assert touched._segments[0] is not held
+    # weak: a segment no snapshot holds is not kept by the cache
+    gone = weakref.ref(held)
+    del first, again, held
+    gc.collect()
+    assert gone() is None
