@@ -139,12 +139,15 @@ def latencies(fn: Callable[[int], Any], count: int, warmup: int = 10) -> dict[st
     for i in range(min(warmup, count)):
         fn(i)
     times = []
+    cpu = time.process_time()
     for i in range(count):
         began = time.perf_counter()
         fn(i)
         times.append((time.perf_counter() - began) * 1000)
+    cpu_ms = (time.process_time() - cpu) * 1000 / max(count, 1)
     times.sort()
-    return {"p50": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))]}
+    return {"p50": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))],
+            "cpu": cpu_ms}  # fmt: skip
 
 
 def dir_bytes(path: Path) -> int:
@@ -514,12 +517,14 @@ def part_local_write(n: int, work: Path) -> dict[str, Any]:
         for d in docs
     }  # fmt: skip
     store = LocalIndexStore(work / "index", ann=AnnConfig())
+    out["load_avg"] = [os.getloadavg()[0]]
     base_peak = peak_mb()
     began, cpu = time.perf_counter(), time.process_time()
     with store.lock():
         store.write(_generation(segment, documents, {}))
     out["write_s"] = time.perf_counter() - began
     out["write_cpu_s"] = time.process_time() - cpu
+    out["load_avg"].append(os.getloadavg()[0])
     out["peak_mb"], out["peak_before_write_mb"] = peak_mb(), base_peak
     seg_dir = work / "index" / "segments" / "seg-000001"
     manifest = json.loads((seg_dir / "manifest.json").read_text("utf-8"))
@@ -542,10 +547,11 @@ def part_local_search(n: int, work: Path, queries: int) -> dict[str, Any]:
     from qa.search import Searcher
 
     texts, vectors = _queries(queries)
+    load_avg = [os.getloadavg()[0]]
     before = rss_mb()
     began = time.perf_counter()
     snap = load_current(work / "index", _spec())
-    out: dict[str, Any] = {"load_s": time.perf_counter() - began}
+    out: dict[str, Any] = {"load_s": time.perf_counter() - began, "load_avg": load_avg}
     after = rss_mb()
     out["rss_after_load_mb"] = {k: after[k] - before[k] for k in after}
     gen_dir = current_generation_dir(work / "index")
@@ -564,6 +570,7 @@ def part_local_search(n: int, work: Path, queries: int) -> dict[str, Any]:
         out["dense " + label] = latencies(lambda i, f=f: snap.dense(vectors[i], 100, f), queries)
     out["dense"] = latencies(lambda i: snap.dense(vectors[i], 100, None), queries)
     out["lexical"] = latencies(lambda i: snap.lexical(texts[i] + " x", 100, None), queries)
+    load_avg.append(os.getloadavg()[0])
     end = rss_mb()
     out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
     out["peak_mb"] = peak_mb()
@@ -600,8 +607,9 @@ def part_local_update(n: int, work: Path) -> dict[str, Any]:
     ids = chunk_ids(doc.doc_id, doc.sha256 + "new", [(c.start, c.end) for c in chunks])
     segment = SegmentPayload(docs, chunks, ids, vectors, sentences,
                              sentence_vectors(vectors, seed=97), DIM)  # fmt: skip
+    load_avg = [os.getloadavg()[0]]
     began = time.perf_counter()
-    store.load(_spec())  # what a serving process holds already: every file hashed once
+    served = store.load(_spec())  # what a serving process holds: every file hashed once
     first_load = time.perf_counter() - began
     began = time.perf_counter()
     with store.lock():
@@ -619,6 +627,7 @@ def part_local_update(n: int, work: Path) -> dict[str, Any]:
         "load_previous_s": loaded - began,
         "write_s": done - written_at,
         "first_load_s": first_load,
+        "load_avg": [*load_avg, os.getloadavg()[0]],
     }
     new_segment = index / "segments" / "seg-000002"
     out["bytes_written"] = dir_bytes(new_segment) + dir_bytes(gen_dir)
@@ -628,6 +637,7 @@ def part_local_update(n: int, work: Path) -> dict[str, Any]:
     snap = load_current(index, _spec())
     out["reload_s"] = time.perf_counter() - began
     assert snap.generation == 2 and snap.dead_chunks == CHUNKS_PER_DOC
+    assert served.generation == 1  # held until here, as a server holds its generation
     return out
 
 
@@ -670,9 +680,11 @@ def local_report(results: dict[str, Any]) -> str:
         ("RSS after load, anon + file MB", lambda r: rss(r["search"]["rss_after_load_mb"])),
         ("RSS after searches, anon + file MB", lambda r: rss(r["search"]["rss_after_search_mb"])),
         ("`Searcher.search`, no filter", lambda r: fmt_ms(r["search"]["search"])),
+        ("  CPU ms a search (process time / searches)", lambda r: cpu_ms(r["search"]["search"])),
         *[(f"`Searcher.search`, filter allows {k}",
            lambda r, k=k: fmt_ms(r["search"]["search " + k])) for k in FILTERS],
         ("dense part (`snapshot.dense`, k=100)", lambda r: fmt_ms(r["search"]["dense"])),
+        ("  CPU ms a dense part", lambda r: cpu_ms(r["search"]["dense"])),
         *[(f"dense part, filter allows {k}", lambda r, k=k: fmt_ms(r["search"]["dense " + k]))
           for k in FILTERS],
         ("BM25 part (`snapshot.lexical`, k=100)", lambda r: fmt_ms(r["search"]["lexical"])),
@@ -685,6 +697,9 @@ def local_report(results: dict[str, Any]) -> str:
         ("  reload of the new generation s", lambda r: f"{r['update']['reload_s']:.2f}"),
         ("  first load in that process s (every file hashed)", lambda r: (
             f"{r['update']['first_load_s']:.2f}")),
+        ("load average (1 min) at start / end: write; search; update", lambda r: "; ".join(
+            " / ".join(f"{x:.1f}" for x in r[part].get("load_avg", [])) or "-"
+            for part in ("write", "search", "update"))),
     ])  # fmt: skip
     lines += ["", f"({results['machine']}; latencies p50 / p95 ms, one query at a time.)"]
     lines += ["", LOCAL_END]
@@ -718,6 +733,10 @@ def run_part(*args: str) -> dict[str, Any]:
     print("  $", " ".join(cmd[2:]), file=sys.stderr, flush=True)
     done = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def cpu_ms(d: dict[str, float]) -> str:
+    return f"{d['cpu']:.2f}" if "cpu" in d else "-"
 
 
 def fmt_ms(d: dict[str, float]) -> str:

@@ -11,6 +11,7 @@ of token strings (3.8 GB and 147 s at 1M chunks); tokens and scores are bm25s's
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -91,6 +92,16 @@ def _key_terms(key: str) -> tuple[str, ...]:
 def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """bm25s tokens (English stopwords, Snowball stems) plus whole numbered identifiers."""
     return [[t for key in _keys(text) for t in _key_terms(key)] for text in texts]
+
+
+_cached_key_terms = functools.lru_cache(maxsize=1 << 16)(_key_terms)
+
+
+def term_sets(texts: Sequence[str]) -> list[set[str]]:
+    """The set of :func:`tokenize`'s terms of each text, each distinct group expanded once
+    a process (a bounded cache of :func:`_key_terms`): search highlights 40-odd sentences a
+    question, whose words repeat from one question to the next."""
+    return [set(chain.from_iterable(map(_cached_key_terms, _keys(text)))) for text in texts]
 
 
 class _Terms:

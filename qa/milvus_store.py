@@ -1350,6 +1350,16 @@ class MilvusSnapshot:
             )
         return out
 
+    def chunk_places(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(document label int64 (m,), spans int64 (m, 2)) of the chunks, from the rows
+        ``chunks`` reads (cached). Raises KeyError for an id not in the generation."""
+        arr = np.asarray(ids, dtype=np.int64)
+        by_id = self._rows(arr) if len(arr) else {}
+        rows = [by_id[cid] for cid in arr.tolist()]
+        labels = np.unique([r["doc_id"] for r in rows], return_inverse=True)[1]
+        spans = np.asarray([(int(r["start"]), int(r["end"])) for r in rows], dtype=np.int64)
+        return labels.astype(np.int64).reshape(len(arr)), spans.reshape(len(arr), 2)
+
     def chunk_vectors(self, ids: np.ndarray) -> np.ndarray:
         """(len(ids), d) float32 vectors of the chunks, in order."""
         arr = np.asarray(ids, dtype=np.int64)

@@ -17,8 +17,8 @@ import numpy as np
 from qa.documents import Chunk
 from qa.fusion import FusionConfig as FusionConfig  # re-exported: callers import it from here
 from qa.fusion import blend, familiarity, fuse
-from qa.index.snapshot import Filters, Scored, Snapshot
-from qa.lexical import tokenize
+from qa.index.snapshot import Filters, Scored, SentenceSet, Snapshot
+from qa.lexical import term_sets, tokenize
 
 
 @dataclass
@@ -85,9 +85,12 @@ class Searcher:
             ids = np.unique(np.concatenate([dense_ids, lex_ids, exact.ids]))
         if len(ids) == 0:
             return []
-        dense = self.dense_scores(ids, rank_vector, 0.0)
-        sentence = self.dense_scores(ids, rank_vector, 1.0)
-        plain = dense if rank_vector is vector else self.dense_scores(ids, vector, 0.0)
+        # each chunk's vector and sentences read once (dense_scores reads them per call)
+        vectors = snap.chunk_vectors(ids)
+        sents = snap.sentences(ids)
+        dense: np.ndarray = vectors @ rank_vector
+        sentence = self._with_sentences(dense, sents, rank_vector, 1.0)
+        plain = dense if rank_vector is vector else vectors @ vector
         lex = (
             snap.lexical_scores(query, ids)
             if cfg.mode != "dense"
@@ -98,33 +101,30 @@ class Searcher:
             where = {int(i): j for j, i in enumerate(ids)}
             for i, value in zip(exact.ids, exact.scores, strict=True):
                 exact_values[where[int(i)]] = value
-        chunks = snap.chunks(ids)
-        docs = np.unique([c.doc_id for c in chunks], return_inverse=True)[1]
+        # documents and spans as columns: ``Chunk`` objects are made for the hits only
+        doc_labels, spans = snap.chunk_places(ids)
+        docs = np.unique(doc_labels, return_inverse=True)[1]
         known = self.familiarity
         fused = fuse(dense, lex, exact_values, cfg, known, sentence=sentence, documents=docs)
         order = np.argsort(-fused, kind="stable")
-        hits: list[Hit] = []
-        chosen: list[tuple[str, int, int]] = []
-        for j in order:
-            chunk = chunks[j]
-            if dedupe and self._overlaps(chunk.doc_id, chunk.start, chunk.end, chosen):
+        picked: list[int] = []
+        chosen: list[tuple[int, int, int]] = []
+        labels, starts, ends = doc_labels.tolist(), spans[:, 0].tolist(), spans[:, 1].tolist()
+        for j in order.tolist():
+            doc, start, end = labels[j], starts[j], ends[j]
+            if dedupe and self._overlaps(doc, start, end, chosen):
                 continue
-            chosen.append((chunk.doc_id, chunk.start, chunk.end))
-            hits.append(
-                Hit(
-                    int(ids[j]),
-                    chunk,
-                    float(fused[j]),
-                    float(plain[j]),
-                    float(lex[j]),
-                    (0, 0),
-                    0.0,
-                )
-            )
-            if len(hits) >= top_k:
+            chosen.append((doc, start, end))
+            picked.append(j)
+            if len(picked) >= top_k:
                 break
+        chunks = snap.chunks(ids[picked])
+        hits = [
+            Hit(int(ids[j]), chunk, float(fused[j]), float(plain[j]), float(lex[j]), (0, 0), 0.0)
+            for j, chunk in zip(picked, chunks, strict=True)
+        ]
         if highlight:
-            self.highlight(query, vector, hits)
+            self._highlight(query, vector, hits, _subset(sents, picked))
         return hits
 
     def feedback_vector(self, vector: np.ndarray, filters: Filters | None, pool: int) -> np.ndarray:
@@ -146,19 +146,25 @@ class Searcher:
         chunk_cos: np.ndarray = self.data.chunk_vectors(ids) @ vector
         if weight <= 0:
             return chunk_cos
-        sentences = self.data.sentences(ids)
+        return self._with_sentences(chunk_cos, self.data.sentences(ids), vector, weight)
+
+    @staticmethod
+    def _with_sentences(
+        chunk_cos: np.ndarray, sentences: SentenceSet, vector: np.ndarray, weight: float
+    ) -> np.ndarray:
+        """``dense_scores`` from the chunks' cosines (m,) and their sentences."""
         if len(sentences.owner) == 0:
             return chunk_cos
         sent_cos = sentences.vectors @ vector
         best = chunk_cos.copy()  # a chunk without sentences keeps its own cosine
-        has = np.zeros(len(ids), dtype=bool)
+        has = np.zeros(len(chunk_cos), dtype=bool)
         has[sentences.owner] = True
         best[has] = -np.inf
         np.maximum.at(best, sentences.owner, sent_cos)
         return blend(chunk_cos, best, weight)
 
     def _overlaps(
-        self, doc_id: str, start: int, end: int, chosen: Sequence[tuple[str, int, int]]
+        self, doc_id: object, start: int, end: int, chosen: Sequence[tuple[object, int, int]]
     ) -> bool:
         for d, s, e in chosen:
             if d != doc_id:
@@ -171,12 +177,17 @@ class Searcher:
     def highlight(self, query: str, vector: np.ndarray, hits: list[Hit]) -> None:
         """Pick in each hit the sentence that best answers: cosine plus shared query terms.
         A hit without sentences (a chunk of headings only) highlights the whole chunk."""
+        if hits:
+            ids = np.asarray([h.id for h in hits], dtype=np.int64)
+            self._highlight(query, vector, hits, self.data.sentences(ids))
+
+    def _highlight(
+        self, query: str, vector: np.ndarray, hits: list[Hit], sentences: SentenceSet
+    ) -> None:
+        """``highlight`` with the hits' sentences given (owner: position in ``hits``)."""
         for hit in hits:
             hit.highlight, hit.highlight_dense = (hit.chunk.start, hit.chunk.end), hit.dense
-        if not hits:
-            return
-        sentences = self.data.sentences(np.asarray([h.id for h in hits], dtype=np.int64))
-        if len(sentences.owner) == 0:
+        if not hits or len(sentences.owner) == 0:
             return
         spans, owner = sentences.spans, sentences.owner
         cos = sentences.vectors @ vector
@@ -187,7 +198,7 @@ class Searcher:
         q_terms = set(tokenize([query])[0])
         overlap = np.zeros(len(owner), dtype=np.float32)
         if q_terms:
-            for i, terms in enumerate(tokenize(texts)):
+            for i, terms in enumerate(term_sets(texts)):
                 overlap[i] = len(q_terms.intersection(terms)) / len(q_terms)
         score = cos + 0.2 * overlap
         best: dict[int, int] = {}
@@ -197,6 +208,16 @@ class Searcher:
         for h, i in best.items():
             hits[h].highlight = (int(spans[i, 0]), int(spans[i, 1]))
             hits[h].highlight_dense = float(cos[i])
+
+
+def _subset(sentences: SentenceSet, picked: list[int]) -> SentenceSet:
+    """The sentences of the chunks at positions ``picked`` (of the ids ``sentences`` was
+    read for), owners renumbered to positions in ``picked``: the rows ``sentences(ids[picked])``
+    would give, in the same order, without reading them again."""
+    where = [np.flatnonzero(sentences.owner == j) for j in picked]
+    rows = np.concatenate([np.zeros(0, dtype=np.int64), *where])
+    owner = np.repeat(np.arange(len(picked), dtype=np.int64), [len(w) for w in where])
+    return SentenceSet(owner, sentences.spans[rows], sentences.vectors[rows])
 
 
 def span_text(snapshot: Snapshot, chunk: Chunk, start: int, end: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -53,6 +54,31 @@ def test_type_follows_size() -> None:
     assert ann.lists_for(1_000_000) == 1024
     assert ann.lists_for(100_000) == 256
     assert ann.lists_for(1_000) <= 1_000 // 64
+
+
+def test_nprobe_steps_are_powers_of_two_and_halfway_steps() -> None:
+    assert ann.nprobe_steps(64) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    assert ann.nprobe_steps(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
+    assert ann.nprobe_steps(1) == [1]
+
+
+def test_calibration_stops_at_a_step_or_at_every_list(big) -> None:
+    xb, ids, index = big
+    ivf = faiss.extract_index_ivf(index)
+    assert int(ivf.nprobe) in ann.nprobe_steps(int(ivf.nlist))
+    copy = faiss.clone_index(index)
+    queries = clustered(100, seed=8)
+    truth = [exact_top(xb, ids, q, 10) for q in queries]
+    assert ann.calibrate(copy, queries, truth, 0.95) >= 0.95
+    chosen = int(faiss.extract_index_ivf(copy).nprobe)
+    steps = ann.nprobe_steps(int(ivf.nlist))
+    if chosen > 1:  # the step before falls short on the same queries
+        before = steps[steps.index(chosen) - 1]
+        faiss.extract_index_ivf(copy).nprobe = before
+        found = np.stack([ann.search(copy, q, 10)[0] for q in queries])
+        assert ann.recall_at(np.stack(truth), found) < 0.95
+    ann.calibrate(copy, queries, truth, 1.01)  # unreachable: every list
+    assert faiss.extract_index_ivf(copy).nprobe == ivf.nlist
 
 
 def test_small_index_is_exact_with_its_ids() -> None:

@@ -14,7 +14,7 @@ import Stemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qa.lexical import BM25Index, tokenize
+from qa.lexical import BM25Index, term_sets, tokenize
 from qa.normalize import search_form
 
 WORDS = ["the", "running", "runs", "cat", "cats", "libcurl3-gnutls", "python3.11", "7.88.1"]
@@ -41,6 +41,24 @@ def reference_tokenize(text: str) -> list[str]:
 )
 def test_tokens_as_bm25s_plus_identifiers(text: str) -> None:
     assert sorted(tokenize([text])[0]) == sorted(reference_tokenize(text))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(
+        st.lists(
+            st.sampled_from([*"aAbeİıßﬁ1２3-.+:/_ \n", "the", "of", "x86", "İstanbul", "running"]),
+            max_size=30,
+        ).map("".join),
+        max_size=5,
+    )
+)
+def test_term_sets_are_the_sets_of_tokenize(texts: list[str]) -> None:
+    # the highlight's fast path (groups expanded through a cache) gives the same terms,
+    # the first time and from the cache
+    expected = [set(terms) for terms in tokenize(texts)]
+    assert term_sets(texts) == expected
+    assert term_sets(texts) == expected
 
 
 def reference_scores(texts: list[str], query: str) -> np.ndarray:

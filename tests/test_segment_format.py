@@ -4,6 +4,7 @@ qa.index.faiss_store)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -177,6 +178,45 @@ def test_a_whole_search_returns_chunks_within_the_filter(
         assert hit.chunk.start <= hit.highlight[0] < hit.highlight[1] <= hit.chunk.end
 
 
+def test_chunk_places_are_the_chunks_documents_and_spans(
+    large: tuple[LocalSnapshot, SegmentPayload],
+) -> None:
+    snap, segment = large
+    ids = segment.chunk_ids[np.random.default_rng(3).choice(len(segment.chunk_ids), 200)]
+    labels, spans = snap.chunk_places(ids)
+    chunks = snap.chunks(ids)
+    assert spans.tolist() == [[c.start, c.end] for c in chunks]
+    doc_ids = [c.doc_id for c in chunks]
+    for i in range(len(ids)):  # one label a document, different documents differ
+        assert [labels[i] == x for x in labels] == [doc_ids[i] == d for d in doc_ids]
+
+
+@pytest.mark.parametrize("prefix", [None, "h/"])
+def test_search_highlights_and_parts_as_read_per_hit(
+    large: tuple[LocalSnapshot, SegmentPayload], prefix: str | None
+) -> None:
+    # search reads every candidate's vector and sentences once and highlights from them;
+    # the public per-call reads must give the same highlights, chunks and cosines
+    snap, _ = large
+    searcher = Searcher(snap, fusion=FusionConfig(mode="hybrid"))
+    filters = Filters(path_prefix=prefix) if prefix else None
+    for q in range(8):
+        vector = clustered(1, 40 + q)[0]
+        query = f"note {q * 7} part {q % 4} text"
+        hits = searcher.search(query, vector, 8, filters)
+        assert hits
+        again = [dataclasses.replace(h, highlight=(0, 0), highlight_dense=0.0) for h in hits]
+        searcher.highlight(query, vector, again)
+        assert [(h.highlight, h.highlight_dense) for h in again] == [
+            (h.highlight, h.highlight_dense) for h in hits
+        ]
+        ids = np.asarray([h.id for h in hits], dtype=np.int64)
+        assert [h.chunk for h in hits] == snap.chunks(ids)
+        np.testing.assert_allclose(
+            [h.dense for h in hits], searcher.dense_scores(ids, vector, 0.0), rtol=1e-6
+        )
+
+
 def is_mapped(array: np.ndarray) -> bool:
     """An np.memmap, or a view whose base chain ends in one (the same pages)."""
     while array is not None and not isinstance(array, np.memmap):
@@ -298,3 +338,28 @@ def test_a_segment_is_hashed_once_a_process_then_checked_by_size_and_stat(
     (victim.parent / "swap").replace(victim)
     with pytest.raises(IndexCorrupt, match=r"vectors\.faiss"):
         load_current(tmp_path, SPEC)
+
+
+def test_a_segment_held_by_a_snapshot_is_taken_as_loaded_until_it_changes(
+    tmp_path: Path,
+) -> None:
+    import gc
+    import os
+    import weakref
+
+    first = publish(LocalIndexStore(tmp_path), synthetic(20, 3))
+    again = load_current(tmp_path, SPEC)
+    held = first._segments[0]
+    assert again._segments[0] is held  # the next load of the same segment reuses it
+    assert again.chunks(again.chunk_ids[:5]) == first.chunks(first.chunk_ids[:5])
+    # a file touched (same bytes, another mtime) is verified again and read again
+    victim = tmp_path / "segments" / "seg-000001" / "chunk_spans.npy"
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    touched = load_current(tmp_path, SPEC)
+    assert touched._segments[0] is not held
+    # weak: a segment no snapshot holds is not kept by the cache
+    gone = weakref.ref(held)
+    del first, again, held
+    gc.collect()
+    assert gone() is None

@@ -113,11 +113,11 @@ class LocalSnapshot:
         self._doc_refs: list[tuple[int, int]] = []  # document position -> (segment, row)
         doc_maps: list[np.ndarray] = []  # per segment: its document rows -> position (-1)
         for s, seg in enumerate(segments):
+            name = seg.name
+            rows = [j for j, row in enumerate(seg.doc_rows) if holder.get(row["doc_id"]) == name]
             held = np.full(len(seg.doc_rows) + 1, -1, dtype=np.int32)
-            for j, row in enumerate(seg.doc_rows):
-                if holder.get(row["doc_id"]) == seg.name:
-                    held[j] = len(self._doc_refs)
-                    self._doc_refs.append((s, j))
+            held[rows] = np.arange(len(self._doc_refs), len(self._doc_refs) + len(rows))
+            self._doc_refs += zip([s] * len(rows), rows, strict=True)
             doc_maps.append(held)
         self._meta = [segments[s].doc_rows[j] for s, j in self._doc_refs]
         self._position = {row["doc_id"]: i for i, row in enumerate(self._meta)}
@@ -150,18 +150,12 @@ class LocalSnapshot:
         order = np.argsort(live_ids, kind="stable")
         self._sorted_ids = live_ids[order]  # row lookup by id, live chunks only
         self._sorted_rows = live_rows[order]
-        doc_chunks = np.bincount(self._chunk_doc[self._live], minlength=len(self._meta))
-        self._doc_info = {
-            m["doc_id"]: DocumentInfo(m["doc_id"], m["title"], m["path"], m["sha256"], int(c))
-            for m, c in zip(self._meta, doc_chunks, strict=True)
-        }
-        # filters: documents by NFC id, and NFC paths sorted (a prefix is a range of them)
-        self._by_nfc_id: dict[str, list[int]] = {}
-        for i, m in enumerate(self._meta):
-            self._by_nfc_id.setdefault(nfc(m["doc_id"]), []).append(i)
-        paths = sorted((nfc(m["path"]), i) for i, m in enumerate(self._meta))
-        self._sorted_paths = [p for p, _ in paths]
-        self._path_order = np.asarray([i for _, i in paths], dtype=np.int64)
+        self._doc_chunks = np.bincount(self._chunk_doc[self._live], minlength=len(self._meta))
+        # filters: documents by NFC id, and NFC paths sorted (a prefix is a range of them);
+        # made by the first filter or NFD lookup (``_paths``), not at load: an update loads
+        # the generation in service only to write the next one
+        self._paths_lock = threading.Lock()
+        self._path_tables: tuple[dict[str, list[int]], list[str], np.ndarray] | None = None
         self._masks: dict[Filters, np.ndarray] = {}
         self._masks_lock = threading.Lock()
         self._identifiers = IdentifierIndex.from_postings(
@@ -220,22 +214,39 @@ class LocalSnapshot:
         seg_of = np.searchsorted(self._offsets, rows, side="right") - 1
         return seg_of, rows - self._offsets[seg_of]
 
+    def _paths(self) -> tuple[dict[str, list[int]], list[str], np.ndarray]:
+        """(NFC id -> document positions, NFC paths sorted, their positions), made once."""
+        tables = self._path_tables
+        if tables is None:
+            with self._paths_lock:
+                tables = self._path_tables
+                if tables is None:
+                    by_nfc_id: dict[str, list[int]] = {}
+                    for i, m in enumerate(self._meta):
+                        by_nfc_id.setdefault(nfc(m["doc_id"]), []).append(i)
+                    paths = sorted((nfc(m["path"]), i) for i, m in enumerate(self._meta))
+                    order = np.asarray([i for _, i in paths], dtype=np.int64)
+                    tables = (by_nfc_id, [p for p, _ in paths], order)
+                    self._path_tables = tables
+        return tables
+
     def _allowed_documents(self, filters: Filters) -> np.ndarray:
         """Boolean (n_docs,) of the documents the filters allow, without a loop over them:
         ids through a dict, a path prefix as a range of the sorted NFC paths."""
+        by_nfc_id, paths, path_order = self._paths()
         allowed = np.ones(len(self._meta), dtype=bool)
         if filters.doc_ids is not None:
             allowed[:] = False
             for doc_id in filters.doc_ids:
-                allowed[self._by_nfc_id.get(doc_id, [])] = True
+                allowed[by_nfc_id.get(doc_id, [])] = True
         if filters.path_prefix:
-            prefix, paths = filters.path_prefix, self._sorted_paths
+            prefix = filters.path_prefix
             lo = bisect.bisect_left(paths, prefix)
             hi = bisect.bisect_left(paths, prefix + "\U0010ffff", lo)
             while hi < len(paths) and paths[hi].startswith(prefix):
                 hi += 1
             in_range = np.zeros(len(self._meta), dtype=bool)
-            in_range[self._path_order[lo:hi]] = True
+            in_range[path_order[lo:hi]] = True
             allowed &= in_range
         return allowed
 
@@ -309,6 +320,17 @@ class LocalSnapshot:
     def chunks(self, ids: np.ndarray) -> list[Chunk]:
         return self._chunks_at(self.rows(ids))
 
+    def chunk_places(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(document position int64 (m,), spans int64 (m, 2)) of the chunks: two column
+        reads, no ``Chunk`` objects (search makes those for its hits only)."""
+        rows = self.rows(ids)
+        spans = np.zeros((len(rows), 2), dtype=np.int64)
+        seg_of, local = self._locate(rows)
+        for s in np.unique(seg_of):
+            sel = seg_of == s
+            spans[sel] = self._segments[int(s)].spans[local[sel]]
+        return self._chunk_doc[rows].astype(np.int64), spans
+
     def _vectors_at(self, rows: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         out: np.ndarray = np.zeros((len(rows), self._dim), dtype=dtype)
         seg_of, local = self._locate(rows)
@@ -358,15 +380,21 @@ class LocalSnapshot:
     def document(self, doc_id: str) -> Document | None:
         position = self._position.get(doc_id)
         if position is None:  # the same id in another normalisation form (NFD from macOS)
-            found = self._by_nfc_id.get(nfc(doc_id))
+            found = self._paths()[0].get(nfc(doc_id))
             position = found[0] if found else None
         return None if position is None else self._document_at(position)
 
+    def _info(self, position: int) -> DocumentInfo:
+        m = self._meta[position]
+        chunks = int(self._doc_chunks[position])
+        return DocumentInfo(m["doc_id"], m["title"], m["path"], m["sha256"], chunks)
+
     def document_info(self, doc_id: str) -> DocumentInfo | None:
-        return self._doc_info.get(doc_id)
+        position = self._position.get(doc_id)
+        return None if position is None else self._info(position)
 
     def documents(self) -> list[DocumentInfo]:
-        return list(self._doc_info.values())
+        return [self._info(i) for i in range(len(self._meta))]
 
     def _rows_of(self, doc_ids: Iterable[str]) -> np.ndarray:
         wanted = [p for p in (self._position.get(d, -1) for d in doc_ids) if p >= 0]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,10 +376,42 @@ def verify_once(seg_dir: Path, manifest_sha256: str | None) -> dict[str, Any]:
     return manifest
 
 
+# Segments loaded in this process and still in use (a snapshot holds them), by folder,
+# manifest checksum and the files' stat signature: the next generation of a served index
+# names the same immutable segments, so loading it (an update, the reload after it) takes
+# the loaded ``Segment`` (mapped columns, parsed documents, BM25 vocabulary, identifier
+# table) instead of parsing the same files again. Weak: dropped with the last snapshot.
+_LOADED: weakref.WeakValueDictionary[tuple[Any, ...], Segment] = weakref.WeakValueDictionary()
+
+
 def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> Segment:
     """Verify one segment (``verify_once``) and map its files (nothing is read whole but
-    the small JSON tables). Raises IndexCorrupt."""
+    the small JSON tables), or take it from ``_LOADED``. Raises IndexCorrupt."""
     manifest = verify_once(seg_dir, manifest_sha256)
+    key: tuple[Any, ...] | None = None
+    if manifest_sha256 is not None:
+        try:
+            key = (
+                str(seg_dir.resolve()),
+                manifest_sha256,
+                dimension,
+                _stat_signature(seg_dir, manifest),
+            )
+        except OSError:
+            key = None
+    if key is not None:
+        with _VERIFIED_LOCK:
+            loaded = _LOADED.get(key)
+        if loaded is not None:
+            return loaded
+    segment = _read_segment(seg_dir, manifest, dimension)
+    if key is not None:
+        with _VERIFIED_LOCK:
+            _LOADED[key] = segment
+    return segment
+
+
+def _read_segment(seg_dir: Path, manifest: dict[str, Any], dimension: int) -> Segment:
     try:
         doc_rows = read_jsonl(seg_dir / "documents.jsonl")
         cols = {

@@ -117,6 +117,13 @@ class Snapshot(Protocol):
         unknown id."""
         ...
 
+    def chunk_places(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each chunk lies, without making ``Chunk`` objects: (documents int64 (m,),
+        spans int64 (m, 2)). ``documents`` labels each chunk's document (equal labels iff
+        the same ``doc_id``; the values mean nothing else), ``spans`` are the chunks'
+        (start, end) in its text. Raises KeyError for an unknown id."""
+        ...
+
     def chunk_vectors(self, ids: np.ndarray) -> np.ndarray:
         """Unit vectors (len(ids), dim) float32 of the chunks."""
         ...
