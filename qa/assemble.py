@@ -12,6 +12,7 @@ from qa.chunker import Chunker
 from qa.embedder import Embedder, get_embedder
 from qa.index.local import LocalIndexStore
 from qa.index.spec import IndexSpec
+from qa.onnx_encoder import precision_label
 from qa.settings import Settings
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ def spec_from_settings(settings: Settings) -> IndexSpec:
         model_id=settings.embedding_model,
         chunk_tokens=settings.chunk_tokens,
         chunk_overlap_tokens=settings.chunk_overlap_tokens,
-        embedding=f"{settings.embed_precision}+{settings.sentence_vectors}",
+        embedding=f"{precision_label(settings.embed_precision)}+{settings.sentence_vectors}",
     )
 
 
@@ -38,7 +39,7 @@ def embedder_from_settings(settings: Settings) -> Embedder:
         settings.embed_backend,
         Path(settings.cache_dir),
         settings.embed_precision,
-        settings.sentence_vectors == "pooled",
+        settings.sentence_vectors,
         settings.onnx_batch_size,
     )
 

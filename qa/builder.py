@@ -20,7 +20,7 @@ import numpy as np
 from qa.assemble import chunker_for
 from qa.chunker import Chunker
 from qa.documents import Chunk, Document
-from qa.embedder import Embedder, pools_sentences
+from qa.embedder import Embedder, sentence_policy
 from qa.errors import QAError
 from qa.extraction import CorpusLimits
 from qa.index.files import GenerationPayload
@@ -102,59 +102,84 @@ def embed_chunks_and_sentences(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(chunk vectors, sentence vectors, texts run through the model) of a build.
 
-    An embedder that pools sentences (qa.embedder.pools_sentences) runs each distinct chunk
-    once and takes its sentences' vectors from the chunk's token embeddings (a sentence
-    beyond the model's window is embedded on its own); ``cache`` (text hash -> vector) is
-    not used then, since a sentence's vector depends on its chunk. Otherwise chunks and
-    sentences are embedded separately and texts in ``cache`` are not embedded again.
-    ``progress`` is called once with the number of texts to run.
+    By the embedder's sentence policy (qa.embedder.sentence_policy): ``separate`` embeds
+    chunks and sentences on their own, and texts in ``cache`` (text hash -> vector) are
+    not embedded again. ``pooled`` runs each distinct chunk once and takes its sentences'
+    vectors from the chunk's token embeddings (a sentence beyond the model's window is
+    embedded on its own); ``cache`` is not used then, since a sentence's vector depends on
+    its chunk. ``mixed`` pools the chunks of documents that are one chunk (their sentences
+    order nothing: qa.fusion.within_documents orders the chunks of one document; they
+    only pick the highlight) and embeds the rest as ``separate`` does (``cache`` must then
+    hold only separately embedded vectors). ``progress`` is called once with the number
+    of texts to run.
     """
-    if not pools_sentences(embedder):
-        chunk_texts = [c.embed_text for c in chunks]
-        sentence_texts = [documents[chunks[r].doc_id].text[s:e] for r, s, e in sentence_rows]
-        advance = None
-        if progress is not None:
-            need = {text_key(t) for t in chunk_texts + sentence_texts} - cache.keys()
-            advance = progress(len(need))
-        chunk_vectors, n1 = embed_with_cache(chunk_texts, embedder, cache, advance)
-        sentence_vectors, n2 = embed_with_cache(sentence_texts, embedder, cache, advance)
-        return chunk_vectors, sentence_vectors, n1 + n2
-    per_chunk: list[list[int]] = [[] for _ in chunks]
-    for j, (row, _, _) in enumerate(sentence_rows):
-        per_chunk[row].append(j)
-    spans = [
-        [_relative(chunks[r], *sentence_rows[j][1:]) for j in per_chunk[r]]
-        for r in range(len(chunks))
-    ]
-    first: dict[tuple[str, tuple[tuple[int, int], ...]], int] = {}  # -> first row with it
-    for row, chunk in enumerate(chunks):
-        first.setdefault((chunk.embed_text, tuple(spans[row])), row)
-    runs = list(first.values())
-    advance = progress(len(runs)) if progress is not None else None
-    vectors, pooled = embedder.embed_with_spans(  # type: ignore[attr-defined]
-        [chunks[r].embed_text for r in runs], [spans[r] for r in runs], progress=advance
-    )
+    policy = sentence_policy(embedder)
     dim = embedder.dimension
     chunk_vectors = np.zeros((len(chunks), dim), dtype=np.float32)
     sentence_vectors = np.zeros((len(sentence_rows), dim), dtype=np.float32)
+    per_chunk: list[list[int]] = [[] for _ in chunks]
+    for j, (row, _, _) in enumerate(sentence_rows):
+        per_chunk[row].append(j)
+    if policy == "separate":
+        pooled_rows: list[int] = []
+    elif policy == "pooled":
+        pooled_rows = list(range(len(chunks)))
+    else:
+        sizes: dict[str, int] = {}
+        for c in chunks:
+            sizes[c.doc_id] = sizes.get(c.doc_id, 0) + 1
+        pooled_rows = [r for r, c in enumerate(chunks) if sizes[c.doc_id] == 1]
+    pooled_set = set(pooled_rows)
+    separate_rows = [r for r in range(len(chunks)) if r not in pooled_set]
+    separate_sentences = [j for r in separate_rows for j in per_chunk[r]]
+
+    chunk_texts = [chunks[r].embed_text for r in separate_rows]
+    sentence_texts = [
+        documents[chunks[r].doc_id].text[s:e]
+        for r, s, e in (sentence_rows[j] for j in separate_sentences)
+    ]
+    spans = {
+        r: [_relative(chunks[r], *sentence_rows[j][1:]) for j in per_chunk[r]] for r in pooled_rows
+    }
+    first: dict[tuple[str, tuple[tuple[int, int], ...]], int] = {}  # -> first row with it
+    for r in pooled_rows:
+        first.setdefault((chunks[r].embed_text, tuple(spans[r])), r)
+    runs = list(first.values())
+    advance = None
+    if progress is not None:
+        need = {text_key(t) for t in chunk_texts + sentence_texts} - cache.keys()
+        advance = progress(len(need) + len(runs))
+
+    embedded = 0
+    if separate_rows:
+        vectors, n1 = embed_with_cache(chunk_texts, embedder, cache, advance)
+        chunk_vectors[separate_rows] = vectors
+        vectors, n2 = embed_with_cache(sentence_texts, embedder, cache, advance)
+        sentence_vectors[separate_sentences] = vectors
+        embedded += n1 + n2
+    if not runs:
+        return chunk_vectors, sentence_vectors, embedded
+    vectors, pooled = embedder.embed_with_spans(  # type: ignore[attr-defined]
+        [chunks[r].embed_text for r in runs], [spans[r] for r in runs], progress=advance
+    )
     at = 0
     for r, vector in zip(runs, vectors, strict=True):
         chunk_vectors[r] = vector
         for j in per_chunk[r]:
             sentence_vectors[j] = pooled[at]
             at += 1
-    for row, chunk in enumerate(chunks):  # a repeated chunk: the first one's vectors
-        same = first[(chunk.embed_text, tuple(spans[row]))]
+    for row in pooled_rows:  # a repeated chunk: the first one's vectors
+        same = first[(chunks[row].embed_text, tuple(spans[row]))]
         if same != row:
             chunk_vectors[row] = chunk_vectors[same]
             sentence_vectors[per_chunk[row]] = sentence_vectors[per_chunk[same]]
-    alone = [j for j in range(len(sentence_rows)) if not sentence_vectors[j].any()]
+    alone = [j for r in pooled_rows for j in per_chunk[r] if not sentence_vectors[j].any()]
     if alone:  # sentences the chunk's window did not reach
         texts = [
             documents[chunks[r].doc_id].text[s:e] for r, s, e in (sentence_rows[j] for j in alone)
         ]
         sentence_vectors[alone] = embedder.embed(texts)
-    return chunk_vectors, sentence_vectors, len(runs) + len(alone)
+    return chunk_vectors, sentence_vectors, embedded + len(runs) + len(alone)
 
 
 @dataclass
@@ -354,6 +379,11 @@ def build_index(
         checkpoint("chunked")
         # vectors of the texts the changed and renamed documents had before
         old_versions = set(diff.changed) | {old for old, _ in diff.renamed}
+        if previous is not None and sentence_policy(embedder) == "mixed":
+            # a document of one chunk had pooled sentence vectors: never reused as separate
+            old_versions = {
+                d for d in old_versions if int(previous.manifest["documents"][d]["chunks"]) > 1
+            }
         cache = previous.known_vectors(old_versions) if previous is not None else {}
         chunk_vectors, sentence_vectors, embedded = embed_chunks_and_sentences(
             chunks, sentence_rows, {d.doc_id: d for d in fresh}, embedder, cache, progress

@@ -24,6 +24,11 @@ from qa.settings import DEFAULT_MODEL
 ProgressCallback = Callable[[int], None]  # called with the number of texts just embedded
 Span = tuple[int, int]  # character offsets [start, end) into a text
 Precision = Literal["fp32", "int8"]
+# how sentence vectors are made: each sentence through the model on its own (separate),
+# pooled from its chunk's token embeddings (pooled), or pooled only where the sentence's
+# document is one chunk, whose sentences then order nothing and only pick the highlight
+# (mixed; qa.builder.embed_chunks_and_sentences)
+SentencePolicy = Literal["separate", "pooled", "mixed"]
 
 _BUNDLED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "bundled"}
 
@@ -60,11 +65,15 @@ class SpanEmbedder(Embedder, Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def pools_sentences(embedder: Embedder) -> bool:
-    """Whether ``embedder`` derives sentence vectors from its chunk's token embeddings."""
-    return bool(getattr(embedder, "pooled_sentences", False)) and hasattr(
-        embedder, "embed_with_spans"
-    )
+def sentence_policy(embedder: Embedder) -> SentencePolicy:
+    """How ``embedder`` makes sentence vectors (its ``sentence_vectors``); ``separate`` for
+    an embedder that cannot pool spans (no ``embed_with_spans``)."""
+    if not hasattr(embedder, "embed_with_spans"):
+        return "separate"
+    policy = getattr(embedder, "sentence_vectors", "separate")
+    if policy == "pooled":
+        return "pooled"
+    return "mixed" if policy == "mixed" else "separate"
 
 
 def _form_offsets(text: str, spans: Sequence[Span]) -> list[Span]:
@@ -173,8 +182,8 @@ class SentenceTransformerEmbedder(LazyModel):
         backend: str = "onnx",
         cache_dir: Path = Path(".qa-cache"),
         precision: Precision = "fp32",
-        pooled_sentences: bool = False,
-        onnx_batch_size: int = 32,
+        sentence_vectors: SentencePolicy = "separate",
+        onnx_batch_size: int = 1,
     ) -> None:
         self.model_id = model_id
         self.device = device
@@ -183,7 +192,7 @@ class SentenceTransformerEmbedder(LazyModel):
         self.backend = backend
         self.cache_dir = cache_dir
         self.precision = precision
-        self.pooled_sentences = pooled_sentences
+        self.sentence_vectors: SentencePolicy = sentence_vectors
         self.onnx_batch_size = onnx_batch_size
         self._onnx: Any = None
 
@@ -217,14 +226,16 @@ class SentenceTransformerEmbedder(LazyModel):
 
     @property
     def variant(self) -> str:
-        """e.g. ``onnx-int8+pooled``: backend and precision actually in use, and whether
-        sentence vectors are pooled from their chunk's tokens."""
+        """e.g. ``onnx-int8pc+mixed``: backend and precision actually in use (int8pc: int8
+        weights per channel), and how sentence vectors are made (SentencePolicy)."""
         backend = self.active_backend
         if backend == "onnx":
-            backend = f"onnx-{self._onnx.precision}"
+            from qa.onnx_encoder import precision_label
+
+            backend = f"onnx-{precision_label(self._onnx.precision)}"
         elif self.device.startswith("cuda"):
             backend = "torch-fp16"
-        return f"{backend}+{'pooled' if self.pooled_sentences else 'separate'}"
+        return f"{backend}+{self.sentence_vectors}"
 
     @property
     def dimension(self) -> int:
@@ -363,8 +374,8 @@ def get_embedder(
     backend: str = "onnx",
     cache_dir: Path = Path(".qa-cache"),
     precision: Precision = "fp32",
-    pooled_sentences: bool = False,
-    onnx_batch_size: int = 32,
+    sentence_vectors: SentencePolicy = "separate",
+    onnx_batch_size: int = 1,
 ) -> SentenceTransformerEmbedder:
     """One embedder per model and parameters for the whole process."""
     return SentenceTransformerEmbedder(
@@ -375,6 +386,6 @@ def get_embedder(
         backend=backend,
         cache_dir=cache_dir,
         precision=precision,
-        pooled_sentences=pooled_sentences,
+        sentence_vectors=sentence_vectors,
         onnx_batch_size=onnx_batch_size,
     )

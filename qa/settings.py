@@ -38,21 +38,25 @@ class Settings(BaseSettings):
         32, ge=1, le=1024, description="Texts per model call on torch (and on a GPU)."
     )
     embed_precision: Literal["fp32", "int8"] = Field(
-        "fp32",
+        "int8",
         description="Weights of the ONNX model: int8 quantizes the exported model once, "
-        "locally, with onnxruntime's dynamic int8 quantization (cached beside the export); "
-        "faster, vectors at cosine ~0.96 to fp32 (ranking effect: docs/performance.md).",
+        "locally, with onnxruntime's dynamic int8 quantization, one scale per output channel "
+        "(cached beside the export); about 1.5x faster than fp32, vectors at cosine ~0.99 "
+        "to fp32 (ranking effect: docs/quality.md).",
     )
     onnx_batch_size: int = Field(
-        32,
+        1,
         ge=1,
         le=1024,
-        description="Texts per onnxruntime call, batched by token length (CPU).",
+        description="Texts per onnxruntime call, batched by token length (CPU). 1: no "
+        "padding, and an int8 text's vector does not depend on its batch.",
     )
-    sentence_vectors: Literal["separate", "pooled"] = Field(
-        "separate",
+    sentence_vectors: Literal["separate", "pooled", "mixed"] = Field(
+        "mixed",
         description="separate: every sentence embedded on its own; pooled: a sentence's "
-        "vector is the mean of its tokens in its chunk's model call (one call per chunk).",
+        "vector is the mean of its tokens in its chunk's model call (one call per chunk); "
+        "mixed: pooled for documents of one chunk (whose sentences only pick the "
+        "highlight), separate for documents of several (whose best sentence orders them).",
     )
 
     chunk_tokens: int = Field(

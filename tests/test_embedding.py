@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from qa.errors import IndexMismatch
 from qa.evaluation import cache_key
 from qa.index import load_current
 from qa.index.files import read_manifest
+from qa.index.spec import IndexSpec
 from qa.normalize import search_form
 from qa.settings import Settings
 from tests.fakes import FakeEmbedder
@@ -29,7 +31,7 @@ class PoolingFake(FakeEmbedder):
     """A fake whose 'token pooling' of a span is the fake vector of the span's text, and
     whose window ends after ``window`` characters (spans beyond it come back as zeros)."""
 
-    pooled_sentences = True
+    sentence_vectors = "pooled"
     variant = "fake+pooled"
 
     def __init__(self, window: int = 10_000) -> None:
@@ -132,22 +134,47 @@ def test_an_index_of_another_embedding_is_refused(
         read_manifest(next(p for p in Path(settings.index_dir).glob("gen-*") if p.is_dir()))[
             "model"
         ]["embedding"]
-        == "fp32+separate"
+        == "int8pc+mixed"  # the defaults: int8 with per-channel scales, mixed sentences
     )
-    int8 = settings.model_copy(update={"embed_precision": "int8"})
-    with pytest.raises(IndexMismatch, match=r"embedding 'fp32\+separate'.*'int8\+separate'"):
-        load_current(Path(settings.index_dir), spec_from_settings(int8))
+    fp32 = settings.model_copy(update={"embed_precision": "fp32"})
+    with pytest.raises(IndexMismatch, match=r"embedding 'int8pc\+mixed'.*'fp32\+mixed'"):
+        load_current(Path(settings.index_dir), spec_from_settings(fp32))
     with pytest.raises(IndexMismatch, match="QA_SENTENCE_VECTORS"):
         load_current(Path(settings.index_dir), spec_from_settings(pooled_settings(settings)))
+
+
+def test_an_index_of_per_tensor_int8_is_refused(
+    settings: Settings, fake_embedder: FakeEmbedder
+) -> None:
+    """An index built before int8 became per-channel says ``int8+...`` in its manifest:
+    its vectors are of another model file, so it is refused until rebuilt."""
+    build_index(
+        Path(settings.corpus_dir), Path(settings.index_dir), fake_embedder,
+        replace(spec_from_settings(settings), embedding="int8+mixed"),
+    )  # fmt: skip
+    with pytest.raises(IndexMismatch, match=r"embedding 'int8\+mixed'.*'int8pc\+mixed'"):
+        load_current(Path(settings.index_dir), spec_from_settings(settings))
 
 
 def test_eval_cache_names_the_embedding_only_when_not_plain(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"_id": "1", "text": "x"}\n', "utf-8")
-    plain = Settings()
-    int8 = plain.model_copy(update={"embed_precision": "int8", "sentence_vectors": "pooled"})
-    keys = {cache_key(corpus, spec_from_settings(s)) for s in (plain, int8)}
-    assert len(keys) == 2
+    plain = Settings(embed_precision="fp32", sentence_vectors="separate")
+    variants = [
+        plain,
+        *(
+            plain.model_copy(update={"embed_precision": p, "sentence_vectors": v})
+            for p in ("fp32", "int8")
+            for v in ("separate", "pooled", "mixed")
+            if (p, v) != ("fp32", "separate")
+        ),
+    ]
+    keys = {cache_key(corpus, spec_from_settings(s)) for s in variants}
+    assert len(keys) == len(variants) == 6
+    # the plain variant keeps the name it had before the embedding was a setting
+    assert cache_key(corpus, spec_from_settings(plain)) == cache_key(
+        corpus, replace(spec_from_settings(plain), embedding=IndexSpec.embedding)
+    )
 
 
 def test_build_progress_shows_count_rate_and_time_left(settings: Settings) -> None:
@@ -165,3 +192,122 @@ def test_build_progress_shows_count_rate_and_time_left(settings: Settings) -> No
     assert f"{n}/{n}" in last
     assert re.search(r"[\d,]+ texts/s", last), last  # rate
     assert re.search(r"\d:\d\d:\d\d\s+\d:\d\d:\d\d", last), last  # elapsed, then time left
+
+
+class MarkingFake(PoolingFake):
+    """A pooling fake whose pooled sentence vectors differ from separately embedded ones:
+    a pooled span gets the fake vector of ``"pooled " + its text``. Records the texts each
+    path saw."""
+
+    sentence_vectors = "mixed"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedded: list[str] = []
+        self.pooled_texts: list[str] = []
+
+    def embed(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        self.embedded.extend(texts)
+        return super().embed(texts, progress)
+
+    def embed_with_spans(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[tuple[int, int]]],
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self.pooled_texts.extend(texts)
+        vectors = FakeEmbedder.embed(self, texts)
+        pieces = [f"pooled {t[s:e]}" for t, sp in zip(texts, spans, strict=True) for s, e in sp]
+        pooled = FakeEmbedder.embed(self, pieces) if pieces else np.zeros((0, self.dimension))
+        if progress is not None:
+            progress(len(texts))
+        return vectors, pooled.astype(np.float32)
+
+
+def mixed_corpus(root: Path, long_sentences: int = 60) -> Path:
+    corpus = root / "mixed-corpus"
+    corpus.mkdir(exist_ok=True)
+    (corpus / "short-a.txt").write_text(
+        "Tea is grown on hills. The leaves are picked by hand.\n", "utf-8"
+    )
+    (corpus / "short-b.txt").write_text(
+        "Trains run every hour. The last one leaves at midnight.\n", "utf-8"
+    )
+    (corpus / "long.txt").write_text(
+        " ".join(
+            f"Sentence number {i} talks about topic {i % 7} in some detail here."
+            for i in range(long_sentences)
+        )
+        + "\n",
+        "utf-8",
+    )
+    return corpus
+
+
+def stored_sentences(s: Settings) -> list[tuple[str, str, np.ndarray]]:
+    """(document id, sentence text, stored vector) of every sentence in the index."""
+    snap = load_current(Path(s.index_dir), spec_from_settings(s))
+    chunks = snap.chunks(snap.chunk_ids)
+    sentences = snap.sentences(snap.chunk_ids)
+    out = []
+    for o, (a, b), v in zip(sentences.owner, sentences.spans, sentences.vectors, strict=True):
+        doc = chunks[int(o)].doc_id
+        out.append((doc, snap.document(doc).text[a:b], np.asarray(v)))  # type: ignore[union-attr]
+    return out
+
+
+def test_mixed_pools_only_documents_of_one_chunk(settings: Settings, tmp_path: Path) -> None:
+    s = settings.model_copy(
+        update={"corpus_dir": mixed_corpus(tmp_path), "sentence_vectors": "mixed"}
+    )
+    embedder = MarkingFake()
+    report = build_index(
+        Path(s.corpus_dir), Path(s.index_dir), embedder, spec_from_settings(s), reuse=False
+    )
+    snap = load_current(Path(s.index_dir), spec_from_settings(s))
+    per_doc: dict[str, int] = {}
+    for c in snap.chunks(snap.chunk_ids):
+        per_doc[c.doc_id] = per_doc.get(c.doc_id, 0) + 1
+    assert per_doc["long.txt"] > 1 and per_doc["short-a.txt"] == per_doc["short-b.txt"] == 1
+    # one model call per chunk of a one-chunk document; the long one's chunks and sentences
+    # each on their own
+    assert len(embedder.pooled_texts) == 2
+    assert all("Sentence number" not in t for t in embedder.pooled_texts)
+    long_sentences = [t for d, t, _ in stored_sentences(s) if d == "long.txt"]
+    assert set(long_sentences) <= set(embedder.embedded)
+    assert report.embedded == 2 + len(set(embedder.embedded))
+    fake = FakeEmbedder()
+    for doc, text, vector in stored_sentences(s):
+        expected = f"pooled {text}" if doc.startswith("short") else text
+        assert np.allclose(vector, fake.embed([expected])[0], atol=1e-3), (doc, text)
+
+
+def test_mixed_never_reuses_a_pooled_sentence_as_a_separate_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A document of one chunk that grows to several: its sentences were pooled, so the
+    rebuild embeds them on their own instead of reusing the pooled vectors; a long
+    document's unchanged sentences are reused."""
+    corpus = mixed_corpus(tmp_path)
+    s = settings.model_copy(update={"corpus_dir": corpus, "sentence_vectors": "mixed"})
+    spec = spec_from_settings(s)
+    build_index(corpus, Path(s.index_dir), MarkingFake(), spec)
+    grown = (
+        (corpus / "short-a.txt").read_text("utf-8").strip()
+        + " "
+        + " ".join(f"Tea fact {i} is about leaves and hills of region {i}." for i in range(60))
+    )
+    (corpus / "short-a.txt").write_text(grown + "\n", "utf-8")
+    with (corpus / "long.txt").open("a", encoding="utf-8") as fh:
+        fh.write("One more closing sentence.\n")
+    again = MarkingFake()
+    report = build_index(corpus, Path(s.index_dir), again, spec)
+    assert report.reused > 0  # the long document's unchanged texts
+    assert "Tea is grown on hills." in again.embedded  # not the old pooled vector
+    fake = FakeEmbedder()
+    for doc, text, vector in stored_sentences(s):
+        if doc != "short-b.txt":
+            assert np.allclose(vector, fake.embed([text])[0], atol=1e-3), (doc, text)
