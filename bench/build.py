@@ -10,7 +10,12 @@ One run, same passages (the first 1,000 of msmarco-5k), models loaded beforehand
   settings in force (QA_* environment): reading, chunking, embedding chunks (and
   sentences), BM25, FAISS, writing the generation;
 - with `--legacy`, also qa's build with fp32 ONNX and every sentence embedded on its own
-  (the settings before issue 10).
+  (the settings before issue 10);
+- with `--joined N`, also qa's build of the same passages joined N to a document (long
+  documents: with QA_SENTENCE_VECTORS=mixed their sentences are embedded on their own).
+
+Wall seconds and the process's CPU seconds (all threads) are both reported: a busy
+neighbour on a shared machine disturbs the CPU seconds less.
 
 The variants run in turn within each round (so a busy neighbour slows them alike), and the
 figures are medians over the rounds; the ratio is the median of the per-round ratios.
@@ -43,19 +48,21 @@ def passages(n: int) -> list[str]:
     return lines
 
 
-def time_plain(model: Any, texts: list[str]) -> float:
-    began = time.perf_counter()
+def time_plain(model: Any, texts: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process, all threads) of the plain encode."""
+    began, cpu = time.perf_counter(), time.process_time()
     model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
 
 
-def time_qa(corpus: Path, embedder: Any, spec: Any) -> tuple[float, Any]:
+def time_qa(corpus: Path, embedder: Any, spec: Any) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds, BuildReport) of qa's build."""
     from qa.builder import build_index
 
     with tempfile.TemporaryDirectory() as tmp:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         report = build_index(corpus, Path(tmp), embedder, spec, reuse=False)
-        return time.perf_counter() - began, report
+        return time.perf_counter() - began, time.process_time() - cpu, report
 
 
 def main() -> None:
@@ -63,6 +70,9 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--legacy", action="store_true", help="also time the pre-issue-10 build")
+    parser.add_argument(
+        "--joined", type=int, default=0, help="also build the passages joined N a document"
+    )
     parser.add_argument("--skip-quality", action="store_true", help="no nDCG@10 (timing only)")
     parser.add_argument("--write", type=Path, default=None, help="write the markdown here")
     args = parser.parse_args()
@@ -85,43 +95,74 @@ def main() -> None:
     variants: dict[str, Any] = {"qa": embedder}
     if args.legacy:
         legacy = SentenceTransformerEmbedder(
-            settings.embedding_model, cache_dir=Path(settings.cache_dir), precision="fp32"
+            settings.embedding_model,
+            cache_dir=Path(settings.cache_dir),
+            precision="fp32",
+            sentence_vectors="separate",
+            onnx_batch_size=32,
         )
         legacy.embed(["warm up"])
         variants["qa, pre-issue-10 settings"] = legacy
+    if args.joined > 1:
+        variants[f"qa, documents of {args.joined} passages"] = embedder
     plain.encode(texts[:32], batch_size=32)  # warm torch up too
     seconds: dict[str, list[float]] = {"plain": [], **{k: [] for k in variants}}
+    cpu: dict[str, list[float]] = {k: [] for k in seconds}
     reports: dict[str, Any] = {}
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
         corpus.mkdir()
         (corpus / f"msmarco-{args.passages}.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
+        corpora = dict.fromkeys(variants, corpus)
+        if args.joined > 1:  # the same text as long documents: most of it in documents of
+            # several chunks, whose sentences are embedded on their own (mixed)
+            joined = Path(tmp) / "joined"
+            joined.mkdir()
+            docs = [
+                json.dumps({"_id": f"j{i}", "text": "\n\n".join(texts[i : i + args.joined])})
+                for i in range(0, len(texts), args.joined)
+            ]
+            (joined / "joined.jsonl").write_text("\n".join(docs) + "\n", "utf-8")
+            corpora[f"qa, documents of {args.joined} passages"] = joined
         for round_ in range(args.repeats):
-            seconds["plain"].append(time_plain(plain, texts))
+            wall, used = time_plain(plain, texts)
+            seconds["plain"].append(wall)
+            cpu["plain"].append(used)
             for name, emb in variants.items():
-                took, reports[name] = time_qa(corpus, emb, spec)
-                seconds[name].append(took)
+                wall, used, reports[name] = time_qa(corpora[name], emb, spec)
+                seconds[name].append(wall)
+                cpu[name].append(used)
+            loads.append(os.getloadavg()[0])
             print(
                 f"round {round_ + 1}: "
-                + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()),
+                + ", ".join(
+                    f"{k} {v[-1]:.1f} s ({cpu[k][-1]:.1f} CPU s)" for k, v in seconds.items()
+                ),
                 file=sys.stderr,
                 flush=True,
             )
-    ratios = {
-        k: statistics.median(p / q for p, q in zip(seconds["plain"], seconds[k], strict=True))
-        for k in variants
-    }
+
+    def ratio(of: dict[str, list[float]], k: str) -> float:
+        return statistics.median(p / q for p, q in zip(of["plain"], of[k], strict=True))
+
+    def each(values: list[float]) -> str:
+        return " / ".join(f"{v:.1f}" for v in values)
+
     rows = [
         f"| plain `SentenceTransformer.encode`, batch 32, torch | {len(texts):,} passages | "
-        f"{statistics.median(seconds['plain']):.1f} | "
-        f"{' / '.join(f'{s:.1f}' for s in seconds['plain'])} | 1.00 |"
+        f"{statistics.median(seconds['plain']):.1f} ({each(seconds['plain'])}) | 1.00 | "
+        f"{statistics.median(cpu['plain']):.1f} ({each(cpu['plain'])}) | 1.00 |"
     ]
     for name, emb in variants.items():
         r = reports[name]
         rows.append(
             f"| {name} `build_index` ({getattr(emb, 'variant', '?')}) | {r.chunks:,} chunks, "
-            f"{r.sentences:,} sentences | {statistics.median(seconds[name]):.1f} | "
-            f"{' / '.join(f'{s:.1f}' for s in seconds[name])} | **{ratios[name]:.2f}** |"
+            f"{r.sentences:,} sentences; {r.embedded:,} texts through the model | "
+            f"{statistics.median(seconds[name]):.1f} ({each(seconds[name])}) | "
+            f"**{ratio(seconds, name):.2f}** | "
+            f"{statistics.median(cpu[name]):.1f} ({each(cpu[name])}) | "
+            f"**{ratio(cpu, name):.2f}** |"
         )
     quality: list[str] = []
     if not args.skip_quality:
@@ -139,12 +180,16 @@ def main() -> None:
     text = "\n".join(
         [
             f"`python -m bench.build --passages {args.passages} --repeats {args.repeats}"
-            f"{' --legacy' if args.legacy else ''}` "
+            f"{' --legacy' if args.legacy else ''}"
+            f"{f' --joined {args.joined}' if args.joined > 1 else ''}` "
             f"({torch.get_num_threads()} torch threads; "
-            f"QA_ settings: {', '.join(f'{k}={v}' for k, v in changed.items()) or 'defaults'})",
+            f"QA_ settings: {', '.join(f'{k}={v}' for k, v in changed.items()) or 'defaults'}; "
+            f"1-minute load average {' / '.join(f'{v:.1f}' for v in loads)} at the start "
+            "and after each round)",
             "",
-            "| build | texts | median s | each round, s | plain ÷ this (× faster than plain) |",
-            "|---|---|---|---|---|",
+            "| build | texts | wall s, median (each round) | plain ÷ this, wall "
+            "| CPU s, median (each round) | plain ÷ this, CPU |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
             *(
