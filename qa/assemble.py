@@ -41,6 +41,7 @@ def embedder_from_settings(settings: Settings) -> Embedder:
         settings.embed_precision,
         settings.sentence_vectors,
         settings.onnx_batch_size,
+        settings.embed_streams,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -184,6 +185,7 @@ class SentenceTransformerEmbedder(LazyModel):
         precision: Precision = "fp32",
         sentence_vectors: SentencePolicy = "separate",
         onnx_batch_size: int = 1,
+        streams: int = 1,
     ) -> None:
         self.model_id = model_id
         self.device = device
@@ -194,6 +196,7 @@ class SentenceTransformerEmbedder(LazyModel):
         self.precision = precision
         self.sentence_vectors: SentencePolicy = sentence_vectors
         self.onnx_batch_size = onnx_batch_size
+        self.streams = streams
         self._onnx: Any = None
 
     def _load(self) -> Any:
@@ -215,7 +218,7 @@ class SentenceTransformerEmbedder(LazyModel):
             from qa import onnx_encoder
 
             self._onnx = onnx_encoder.load(
-                model, path, self.cache_dir, torch.get_num_threads(), self.precision
+                model, path, self.cache_dir, torch.get_num_threads(), self.precision, self.streams
             )
         return model
 
@@ -226,7 +229,7 @@ class SentenceTransformerEmbedder(LazyModel):
 
     @property
     def variant(self) -> str:
-        """e.g. ``onnx-int8pc+mixed``: backend and precision actually in use (int8pc: int8
+        """e.g. ``onnx-int8pc-l0+mixed``: backend and precision actually in use (int8pc-l0: int8
         weights per channel), and how sentence vectors are made (SentencePolicy)."""
         backend = self.active_backend
         if backend == "onnx":
@@ -311,21 +314,40 @@ class SentenceTransformerEmbedder(LazyModel):
         ids = encoded["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         step = self.onnx_batch_size if self._onnx is not None else self.batch_size
-        for b in range(0, len(order), step):
-            rows = order[b : b + step]
-            for i, hidden in zip(rows, self._token_embeddings(encoded, rows, forms), strict=True):
-                offsets = np.asarray(encoded["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-                vector, pooled = pool_tokens(
-                    hidden, offsets, _form_offsets(texts[i], spans[i]) if spans[i] else []
-                )
-                out[i] = vector
-                span_out[first[i] : first[i + 1]] = pooled
-            if progress is not None:
-                progress(len(rows))
+        batches = [order[b : b + step] for b in range(0, len(order), step)]
+        parallel = self._onnx is not None and self.streams > 1 and len(batches) > 1
+
+        def run(rows: list[int]) -> tuple[list[int], list[Any]]:
+            return rows, self._token_embeddings(encoded, rows, forms, stream=parallel)
+
+        window = 16 * max(1, self.streams)  # batches in flight: bounds the memory held
+        with ThreadPoolExecutor(self.streams if parallel else 1) as pool:
+            # in order; the pooling below runs while the next batches are embedded
+            done = (
+                (r for w in range(0, len(batches), window)
+                 for r in pool.map(run, batches[w : w + window]))
+                if parallel
+                else map(run, batches)
+            )  # fmt: skip
+            for rows, hiddens in done:
+                for i, hidden in zip(rows, hiddens, strict=True):
+                    offsets = np.asarray(encoded["offset_mapping"][i], dtype=np.int64).reshape(
+                        -1, 2
+                    )
+                    vector, pooled = pool_tokens(
+                        hidden, offsets, _form_offsets(texts[i], spans[i]) if spans[i] else []
+                    )
+                    out[i] = vector
+                    span_out[first[i] : first[i + 1]] = pooled
+                if progress is not None:
+                    progress(len(rows))
         return out, span_out
 
-    def _token_embeddings(self, encoded: Any, rows: list[int], forms: list[str]) -> list[Any]:
-        """Token embeddings (tokens, dim) float32 of each text in ``rows``, padding cut."""
+    def _token_embeddings(
+        self, encoded: Any, rows: list[int], forms: list[str], stream: bool = False
+    ) -> list[Any]:
+        """Token embeddings (tokens, dim) float32 of each text in ``rows``, padding cut
+        (``stream``: on the ONNX model's one-thread session, see ``streams``)."""
         lengths = [len(encoded["input_ids"][i]) for i in rows]
         if self._onnx is not None:
             width = max(lengths)
@@ -337,7 +359,7 @@ class SentenceTransformerEmbedder(LazyModel):
                 feed["input_ids"][j, :n] = encoded["input_ids"][i]
                 feed["token_type_ids"][j, :n] = encoded["token_type_ids"][i]
                 feed["attention_mask"][j, :n] = 1
-            hidden = self._onnx.hidden(feed)
+            hidden = self._onnx.hidden(feed, stream=stream)
             return [hidden[j, :n] for j, n in enumerate(lengths)]
         import torch
 
@@ -376,6 +398,7 @@ def get_embedder(
     precision: Precision = "fp32",
     sentence_vectors: SentencePolicy = "separate",
     onnx_batch_size: int = 1,
+    streams: int = 1,
 ) -> SentenceTransformerEmbedder:
     """One embedder per model and parameters for the whole process."""
     return SentenceTransformerEmbedder(
@@ -388,4 +411,5 @@ def get_embedder(
         precision=precision,
         sentence_vectors=sentence_vectors,
         onnx_batch_size=onnx_batch_size,
+        streams=streams,
     )

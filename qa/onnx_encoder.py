@@ -8,12 +8,12 @@ with sentence-transformers to ~1e-7 (checked at export); a single question embed
 
 With ``precision="int8"`` the exported model is also quantized once, locally, with
 onnxruntime's dynamic int8 quantization (weights int8 with one scale per output channel,
-activations quantized per call) into
-``<cache>/onnx/<model fingerprint>-int8pc-ort<version>.onnx``. Its vectors are not equal
-to torch's (cosine ~0.993 on average on msmarco passages, where one scale per tensor, the
-quantization before, gave 0.958); it is checked only for being close (cosine >= 0.95 on a
-probe), and its effect on ranking is measured in docs/quality.md and
-docs/performance.md.
+activations quantized per call, the first transformer layer left in fp32) into
+``<cache>/onnx/<model fingerprint>-int8pc-l0-ort<version>.onnx``. Its vectors are not
+equal to torch's (cosine ~0.995 on average on msmarco passages, where one scale per
+tensor for every layer, the quantization before, gave 0.958); it is checked only for
+being close (cosine >= 0.95 on a probe), and its effect on ranking is measured in
+docs/quality.md and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -34,9 +35,14 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _INT8_MIN_COSINE = 0.95  # an int8 model further than this from torch on the probe is broken
 
 Precision = Literal["fp32", "int8"]
-# the name of int8's quantization in file names, variants and the index manifest: "int8pc",
-# per-channel weight scales; the per-tensor "int8" of before is never reused
-INT8_SCHEME = "int8pc"
+# the name of int8's quantization in file names, variants and the index manifest:
+# "int8pc-l0", per-channel weight scales with the first transformer layer left in fp32;
+# the per-tensor "int8" of before is never reused
+INT8_SCHEME = "int8pc-l0"
+# MatMul nodes left in fp32: those of the first transformer layer, the most sensitive to
+# quantization (msmarco passages, mean cosine to fp32 0.9955 against 0.9928 with every
+# layer quantized, at 1.35x fp32's speed against 1.50x; docs/performance.md)
+_KEEP_FP32 = re.compile(r"/layer\.0/")
 
 
 def precision_label(precision: str) -> str:
@@ -79,11 +85,17 @@ class OnnxEncoder:
         self.max_length = max_length
         self.names = names
         self.precision = precision
+        # the same model on one thread, for builds that run several batches at once
+        # (QA_EMBED_STREAMS): at batch 1 two one-thread streams embed more per CPU second
+        # than one stream on two threads (docs/performance.md)
+        self.stream_session: Any = None
 
-    def hidden(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+    def hidden(self, feed: dict[str, np.ndarray], stream: bool = False) -> np.ndarray:
         """Token embeddings, (batch, tokens, dim) float32, of already tokenized inputs
-        (int64 arrays named as the model's inputs, padded to one length)."""
-        out: np.ndarray = self.session.run(None, {k: feed[k] for k in self.names})[0]
+        (int64 arrays named as the model's inputs, padded to one length). ``stream``: on
+        the one-thread session (safe to call from several threads at once)."""
+        session = self.stream_session if stream and self.stream_session else self.session
+        out: np.ndarray = session.run(None, {k: feed[k] for k in self.names})[0]
         return out
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -133,12 +145,17 @@ def _export(model: Any, target: Path) -> list[str]:
 
 def _quantize(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of ``source`` (weights int8 with a scale per output
-    channel, activations quantized at run time), written atomically to ``target``.
+    channel, activations quantized at run time; the first transformer layer's MatMuls
+    kept in fp32), written atomically to ``target``.
 
     Per channel rather than per tensor: the same speed, vectors at a mean cosine of 0.993
-    to fp32 instead of 0.958 (300 msmarco passages; docs/performance.md)."""
+    to fp32 instead of 0.958; with the first layer in fp32, 0.9955 (msmarco passages;
+    docs/performance.md)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    keep = [n.name for n in graph.node if n.op_type == "MatMul" and _KEEP_FP32.search(n.name)]
 
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     root = logging.getLogger()
@@ -150,6 +167,7 @@ def _quantize(source: Path, target: Path) -> None:
             str(tmp),
             weight_type=QuantType.QInt8,
             per_channel=True,
+            nodes_to_exclude=keep,
             # the exported graph's shapes are not all inferred; its tensors are float32
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -169,10 +187,16 @@ def _make(model: Any, fp32: Path, target: Path, precision: Precision) -> list[st
 
 
 def load(
-    model: Any, model_path: str, cache_dir: Path, threads: int, precision: Precision = "fp32"
+    model: Any,
+    model_path: str,
+    cache_dir: Path,
+    threads: int,
+    precision: Precision = "fp32",
+    streams: int = 1,
 ) -> OnnxEncoder | None:
     """An ONNX twin of ``model`` at ``precision``, or None (unsupported model, missing
-    package, or its vectors disagree with torch's) — the caller then stays on torch."""
+    package, or its vectors disagree with torch's) — the caller then stays on torch.
+    ``streams`` > 1 also opens a one-thread session for batches run at once."""
     path = Path(model_path)
     if not path.is_dir() or not supports(model):
         return None
@@ -202,6 +226,13 @@ def load(
             names = _make(model, fp32, target, precision)
             session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
         encoder = OnnxEncoder(session, model.tokenizer, int(model.max_seq_length), names, precision)
+        if streams > 1:
+            one = ort.SessionOptions()
+            one.intra_op_num_threads = 1
+            one.log_severity_level = 3
+            encoder.stream_session = ort.InferenceSession(
+                str(target), one, providers=["CPUExecutionProvider"]
+            )
         expected = model.encode(_PROBE, normalize_embeddings=True, convert_to_numpy=True)
         got = encoder.encode(_PROBE)
         if precision == "int8":

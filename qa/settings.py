@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         description="Texts per onnxruntime call, batched by token length (CPU). 1: no "
         "padding, and an int8 text's vector does not depend on its batch.",
     )
+    embed_streams: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="ONNX batches a build runs at once, each on one thread (CPU); 1: one "
+        "batch at a time on all the model's threads. Questions are embedded one at a time.",
+    )
     sentence_vectors: Literal["separate", "pooled", "mixed"] = Field(
         "mixed",
         description="separate: every sentence embedded on its own; pooled: a sentence's "

@@ -109,8 +109,8 @@ def assert_sentence_vectors_are_their_texts(s: Settings) -> None:
     ]
     assert len(texts) > 10
     assert any(c.embed_text != c.text for c in chunks)  # a heading before the text
-    # stored as float16: each component within 2 ** -11 of the float32 vector
-    assert np.allclose(sentences.vectors, FakeEmbedder().embed(texts), atol=1e-3)
+    # stored as 8-bit codes: each component within a step (1/127 of the largest)
+    assert np.allclose(sentences.vectors, FakeEmbedder().embed(texts), atol=1e-2)
 
 
 def test_sentences_beyond_the_window_are_embedded_on_their_own(settings: Settings) -> None:
@@ -134,10 +134,10 @@ def test_an_index_of_another_embedding_is_refused(
         read_manifest(next(p for p in Path(settings.index_dir).glob("gen-*") if p.is_dir()))[
             "model"
         ]["embedding"]
-        == "int8pc+mixed"  # the defaults: int8 with per-channel scales, mixed sentences
+        == "int8pc-l0+mixed"  # the defaults: int8 with per-channel scales, mixed sentences
     )
     fp32 = settings.model_copy(update={"embed_precision": "fp32"})
-    with pytest.raises(IndexMismatch, match=r"embedding 'int8pc\+mixed'.*'fp32\+mixed'"):
+    with pytest.raises(IndexMismatch, match=r"embedding 'int8pc-l0\+mixed'.*'fp32\+mixed'"):
         load_current(Path(settings.index_dir), spec_from_settings(fp32))
     with pytest.raises(IndexMismatch, match="QA_SENTENCE_VECTORS"):
         load_current(Path(settings.index_dir), spec_from_settings(pooled_settings(settings)))
@@ -152,7 +152,7 @@ def test_an_index_of_per_tensor_int8_is_refused(
         Path(settings.corpus_dir), Path(settings.index_dir), fake_embedder,
         replace(spec_from_settings(settings), embedding="int8+mixed"),
     )  # fmt: skip
-    with pytest.raises(IndexMismatch, match=r"embedding 'int8\+mixed'.*'int8pc\+mixed'"):
+    with pytest.raises(IndexMismatch, match=r"embedding 'int8\+mixed'.*'int8pc-l0\+mixed'"):
         load_current(Path(settings.index_dir), spec_from_settings(settings))
 
 
@@ -282,7 +282,7 @@ def test_mixed_pools_only_documents_of_one_chunk(settings: Settings, tmp_path: P
     fake = FakeEmbedder()
     for doc, text, vector in stored_sentences(s):
         expected = f"pooled {text}" if doc.startswith("short") else text
-        assert np.allclose(vector, fake.embed([expected])[0], atol=1e-3), (doc, text)
+        assert np.allclose(vector, fake.embed([expected])[0], atol=1e-2), (doc, text)
 
 
 def test_mixed_never_reuses_a_pooled_sentence_as_a_separate_one(
@@ -310,4 +310,4 @@ def test_mixed_never_reuses_a_pooled_sentence_as_a_separate_one(
     fake = FakeEmbedder()
     for doc, text, vector in stored_sentences(s):
         if doc != "short-b.txt":
-            assert np.allclose(vector, fake.embed([text])[0], atol=1e-3), (doc, text)
+            assert np.allclose(vector, fake.embed([text])[0], atol=1e-2), (doc, text)

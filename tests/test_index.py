@@ -101,7 +101,13 @@ def test_index_built_with_other_settings_is_refused(
 
 @pytest.mark.parametrize(
     "victim",
-    ["vectors.faiss", "chunk_spans.npy", "texts.txt", "sentence_vectors.npy"],
+    [
+        "vectors.faiss",
+        "chunk_spans.npy",
+        "texts.txt",
+        "sentence_codes.npy",
+        "sentence_scales.npy",
+    ],
 )
 def test_corrupted_or_truncated_file_is_named(
     settings: Settings, fake_embedder: FakeEmbedder, victim: str

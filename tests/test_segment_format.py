@@ -20,7 +20,7 @@ from qa.documents import Chunk, Document
 from qa.errors import IndexMismatch
 from qa.index import Filters, GenerationPayload, IndexSpec, LocalIndexStore, load_current
 from qa.index.local import LocalSnapshot
-from qa.index.segment import SegmentPayload, byte_offsets
+from qa.index.segment import SegmentPayload, byte_offsets, decode_sentences, encode_sentences
 from qa.search import FusionConfig, Searcher
 
 DIM = 32
@@ -230,9 +230,11 @@ def test_columns_vectors_and_texts_are_memory_mapped(
     snap, segment = large
     (seg,) = snap._segments
     for array in (seg.store.vectors, seg.sentence_vectors, seg.ids, seg.docs, seg.spans,
-                  seg.byte_spans, seg.sentence_indptr, seg.sentence_spans, seg.texts):  # fmt: skip
+                  seg.byte_spans, seg.sentence_indptr, seg.sentence_spans, seg.texts,
+                  seg.sentence_scales):  # fmt: skip
         assert is_mapped(array)
-    assert seg.store.vectors.dtype == np.float16 == seg.sentence_vectors.dtype
+    assert seg.store.vectors.dtype == np.float16
+    assert seg.sentence_vectors.dtype == np.int8  # 8-bit codes, one scale a sentence
     # no (n, dim) copy of the vectors in the snapshot: only per-row columns of the generation
     held = [v for v in vars(snap).values() if isinstance(v, np.ndarray) and v.ndim == 2]
     assert not held
@@ -363,3 +365,48 @@ def test_a_segment_held_by_a_snapshot_is_taken_as_loaded_until_it_changes(
     del first, again, held
     gc.collect()
     assert gone() is None
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 64),
+    st.integers(0, 2**32 - 1),
+    st.floats(1e-6, 1e3),
+)
+def test_sentence_codes_come_back_within_half_a_step(
+    rows: int, dim: int, seed: int, magnitude: float
+) -> None:
+    vectors = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+    vectors *= magnitude
+    vectors[0] = 0.0  # a zero row stays zero
+    codes, scales = encode_sentences(vectors)
+    assert codes.dtype == np.int8 and scales.dtype == np.float32 and scales.shape == (rows,)
+    back = decode_sentences(codes, scales)
+    assert not back[0].any()
+    step = np.abs(vectors).max(axis=1) / 127
+    assert (np.abs(back - vectors) <= step[:, None] / 2 * 1.0001 + 1e-12).all()
+
+
+def test_stored_sentence_vectors_rank_as_the_originals(
+    large: tuple[LocalSnapshot, SegmentPayload],
+) -> None:
+    """Unit sentence vectors read back from their codes (and scaled back to unit length):
+    each component within a step (1/127 of the largest), and a question's cosines in the
+    same order wherever they differ by more than twice the error bound."""
+    snap, segment = large
+    ids = segment.chunk_ids[:200]
+    got = snap.sentences(ids)
+    rows = np.flatnonzero(np.isin(segment.sentences[:, 0], np.arange(200)))
+    want = segment.sentence_vectors[rows]
+    assert got.vectors.shape == want.shape
+    assert np.allclose(np.linalg.norm(got.vectors, axis=1), 1.0, atol=1e-5)
+    step = np.abs(want).max() / 127
+    assert np.abs(got.vectors - want).max() <= step
+    q = want[0] / np.linalg.norm(want[0])
+    a, b = got.vectors @ q, want @ q
+    bound = step * np.abs(q).sum()
+    i, j = np.triu_indices(len(a), 1)
+    clear = np.abs(b[i] - b[j]) > 2 * bound
+    assert clear.any()
+    assert (np.sign(a[i] - a[j])[clear] == np.sign(b[i] - b[j])[clear]).all()

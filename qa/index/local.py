@@ -367,7 +367,7 @@ class LocalSnapshot:
             src = _ranges(lo[sel], hi[sel])
             dst = _ranges(starts[sel], starts[sel] + sizes[sel])
             spans[dst] = seg.sentence_spans[src]
-            vectors[dst] = seg.sentence_vectors[src]
+            vectors[dst] = seg.sentence_rows(src)
         return SentenceSet(owner, spans, vectors), sizes
 
     def sentences(self, ids: np.ndarray) -> SentenceSet:

@@ -29,7 +29,11 @@ by every process serving it, not a copy per process::
     ann.faiss            from QA_ANN_MIN_CHUNKS chunks up: qa.ann's approximate index
     sentence_indptr.npy  int64 (n + 1,): sentences of row r are indptr[r]:indptr[r + 1]
     sentence_spans.npy   int64 (n_sentences, 2): start, end in the document's text
-    sentence_vectors.npy float16 (n_sentences, dim)
+    sentence_codes.npy   int8 (n_sentences, dim): each sentence vector as 8-bit codes,
+    sentence_scales.npy  float32 (n_sentences,): the vector is codes * scale (encode_sentences;
+                         half the bytes of float16, no measured effect on ranking or
+                         highlight: docs/quality.md). A segment written before holds
+                         sentence_vectors.npy, float16 (n_sentences, dim), read as well.
     terms.json, tf_*.npy, lengths.npy   term frequencies for BM25 (qa.index.terms)
     identifiers.json     identifier -> rows holding it (exact matching, qa.lexical)
 """
@@ -94,12 +98,24 @@ class Segment:
     store: FaissStore
     sentence_indptr: np.ndarray  # (n + 1,) int64
     sentence_spans: np.ndarray  # (n_sentences, 2) int64
-    sentence_vectors: np.ndarray  # (n_sentences, dim) float16
+    sentence_vectors: np.ndarray  # (n_sentences, dim) int8 codes (float16 in older ones)
     terms: TermCounts
     identifiers: dict[str, list[int]]  # identifier -> segment rows (qa.lexical.postings)
+    sentence_scales: np.ndarray | None = None  # (n_sentences,) float32 with int8 codes
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def sentence_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of sentences ``rows`` (segment sentence rows), (len(rows), dim)
+        float32, decoded from their codes (decode_sentences) and scaled back to unit
+        length (a zero row stays zero)."""
+        if self.sentence_scales is None:
+            return np.asarray(self.sentence_vectors[rows], dtype=np.float32)
+        out = decode_sentences(self.sentence_vectors[rows], self.sentence_scales[rows])
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.where(norms > 0, norms, 1.0)
+        return out
 
     def document(self, i: int) -> Document:
         """Document ``i`` (row of documents.jsonl), its text decoded from texts.txt."""
@@ -191,6 +207,24 @@ def byte_offsets(text: str, encoded: bytes, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
+def encode_sentences(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit scalar codes of ``vectors`` (n, dim): (codes (n, dim) int8, scales
+    (n,) float32) with ``codes = round(v / scale)`` and ``scale = max|v| / 127`` per row (1
+    for a zero row). Each component comes back within ``scale / 2`` (about 0.001 for a
+    unit vector of 384 dimensions)."""
+    v = np.asarray(vectors, dtype=np.float32)
+    scales = np.abs(v).max(axis=1) / 127 if len(v) else np.zeros(0, dtype=np.float32)
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(v / scales[:, None]), -127, 127).astype(np.int8)
+    return codes, scales
+
+
+def decode_sentences(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Vectors (n, dim) float32 of codes (n, dim) int8 and their scales (n,)."""
+    out: np.ndarray = np.asarray(codes, dtype=np.float32) * np.asarray(scales)[:, None]
+    return out
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array), allow_pickle=False)
 
@@ -273,7 +307,9 @@ def write_segment(
     sentence_vectors = np.asarray(payload.sentence_vectors).reshape(-1, payload.dimension)
     if len(order) and (np.diff(order) < 0).any():  # not yet in chunk order
         sentence_vectors = sentence_vectors[order]
-    _save(tmp / "sentence_vectors.npy", sentence_vectors.astype(np.float16, copy=False))
+    codes, scales = encode_sentences(sentence_vectors)
+    _save(tmp / "sentence_codes.npy", codes)
+    _save(tmp / "sentence_scales.npy", scales)
     vectors = FaissStore.write(
         tmp, np.asarray(payload.chunk_vectors).reshape(n, payload.dimension), ann or AnnConfig()
     )
@@ -427,9 +463,16 @@ def _read_segment(seg_dir: Path, manifest: dict[str, Any], dimension: int) -> Se
                 "chunk_headings",
                 "sentence_indptr",
                 "sentence_spans",
-                "sentence_vectors",
             )
         }
+        scales = None
+        if (seg_dir / "sentence_codes.npy").exists():
+            cols["sentence_vectors"] = load_npy(seg_dir / "sentence_codes.npy")
+            scales = load_npy(seg_dir / "sentence_scales.npy")
+            if len(scales) != len(cols["sentence_vectors"]):
+                raise ValueError("sentence codes and scales differ in number")
+        else:  # written before sentence codes
+            cols["sentence_vectors"] = load_npy(seg_dir / "sentence_vectors.npy")
         texts_path = seg_dir / "texts.txt"
         texts = (
             mapped(np.memmap(texts_path, dtype=np.uint8, mode="r"))
@@ -471,4 +514,5 @@ def _read_segment(seg_dir: Path, manifest: dict[str, Any], dimension: int) -> Se
         sentence_vectors=cols["sentence_vectors"],
         terms=terms,
         identifiers=identifiers,
+        sentence_scales=scales,
     )

@@ -40,15 +40,15 @@ def test_export_is_cached_and_a_damaged_file_is_rebuilt(tmp_path: Path) -> None:
 def test_int8_model_is_quantized_once_and_stays_close_to_fp32(tmp_path: Path) -> None:
     texts = [t for t in (DEFAULT_CORPUS / "nato-indo-pacific.txt").read_text().split("\n") if t]
     int8 = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8")
-    assert int8.variant == "onnx-int8pc+separate"
-    (quantized,) = (tmp_path / "onnx").glob("*-int8pc-*.onnx")
+    assert int8.variant == "onnx-int8pc-l0+separate"
+    (quantized,) = (tmp_path / "onnx").glob("*-int8pc-l0-*.onnx")
     stamp = quantized.stat().st_mtime_ns
     fp32 = SentenceTransformerEmbedder(cache_dir=tmp_path)
     cosine = (int8.embed(texts) * fp32.embed(texts)).sum(axis=1)
     assert cosine.mean() > 0.98 and cosine.min() > 0.95, cosine  # per-channel scales
     assert cosine.max() < 0.9999, "int8 vectors are not fp32's"
     again = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8")
-    assert again.variant == "onnx-int8pc+separate"
+    assert again.variant == "onnx-int8pc-l0+separate"
     assert quantized.stat().st_mtime_ns == stamp, "the quantized model is reused"
 
 
@@ -81,3 +81,17 @@ def test_cuda_embeds_in_fp16_close_to_the_cpu(tmp_path: Path) -> None:
     assert cosine.min() > 0.999, cosine
     vectors, spans = gpu.embed_with_spans(texts[:2], [[(0, 20)], []])
     assert vectors.shape == (2, 384) and spans.shape == (1, 384) and spans.any()
+
+
+def test_two_streams_embed_as_one(tmp_path: Path) -> None:
+    """QA_EMBED_STREAMS: batches run at once on one-thread sessions give the vectors (and
+    pooled spans) of one stream, in the order of the texts."""
+    article = (DEFAULT_CORPUS / "nato-indo-pacific.txt").read_text()
+    texts = [t for t in article.split("\n") if t][:40]
+    spans = [[(0, min(len(t), 60))] for t in texts]
+    one = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8", streams=1)
+    two = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8", streams=2)
+    (a, a_spans), (b, b_spans) = (e.embed_with_spans(texts, spans) for e in (one, two))
+    assert two._onnx.stream_session is not None and one._onnx.stream_session is None
+    assert np.abs(a - b).max() < 1e-4 and np.abs(a_spans - b_spans).max() < 1e-4
+    assert (a @ a.T).argmax(axis=1).tolist() == list(range(len(texts)))  # each its own
