@@ -87,6 +87,8 @@ def main() -> None:
 
     settings = Settings()
     spec = spec_from_settings(settings)
+    # read now: a FAISS search (the quality step) sets OpenMP, torch's too, to one thread
+    torch_threads = torch.get_num_threads()
     lines = passages(args.passages)
     texts = [json.loads(line)["text"] for line in lines]
     plain = SentenceTransformer(resolve_model_path(settings.embedding_model), device="cpu")
@@ -182,7 +184,7 @@ def main() -> None:
             f"`python -m bench.build --passages {args.passages} --repeats {args.repeats}"
             f"{' --legacy' if args.legacy else ''}"
             f"{f' --joined {args.joined}' if args.joined > 1 else ''}` "
-            f"({torch.get_num_threads()} torch threads; "
+            f"({torch_threads} torch threads; "
             f"QA_ settings: {', '.join(f'{k}={v}' for k, v in changed.items()) or 'defaults'}; "
             f"1-minute load average {' / '.join(f'{v:.1f}' for v in loads)} at the start "
             "and after each round)",
