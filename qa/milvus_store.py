@@ -1663,7 +1663,11 @@ class MilvusStore:
             removed,
             payload.stats,
             info={
-                "model": {"id": payload.spec.model_id, "dimension": payload.dimension},
+                "model": {
+                    "id": payload.spec.model_id,
+                    "dimension": payload.dimension,
+                    "embedding": payload.spec.embedding,
+                },
                 "chunker": payload.spec.chunker_settings(),
                 "skipped": payload.skipped,
                 "scanned_ns": payload.scanned_ns,
