@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         32, ge=1, le=1024, description="Texts per model call on torch (and on a GPU)."
     )
     embed_precision: Literal["fp32", "int8"] = Field(
-        "int8",
+        "fp32",
         description="Weights of the ONNX model: int8 quantizes the exported model once, "
         "locally, with onnxruntime's dynamic int8 quantization, one scale per output channel "
         "(cached beside the export); about 1.5x faster than fp32, vectors at cosine ~0.99 "
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "batch at a time on all the model's threads. Questions are embedded one at a time.",
     )
     sentence_vectors: Literal["separate", "pooled", "mixed"] = Field(
-        "mixed",
+        "separate",
         description="separate: every sentence embedded on its own; pooled: a sentence's "
         "vector is the mean of its tokens in its chunk's model call (one call per chunk); "
         "mixed: pooled for documents of one chunk (whose sentences only pick the "

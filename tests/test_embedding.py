@@ -134,11 +134,11 @@ def test_an_index_of_another_embedding_is_refused(
         read_manifest(next(p for p in Path(settings.index_dir).glob("gen-*") if p.is_dir()))[
             "model"
         ]["embedding"]
-        == "int8pc-l0+mixed"  # the defaults: int8 with per-channel scales, mixed sentences
+        == "fp32+separate"  # the defaults
     )
-    fp32 = settings.model_copy(update={"embed_precision": "fp32"})
-    with pytest.raises(IndexMismatch, match=r"embedding 'int8pc-l0\+mixed'.*'fp32\+mixed'"):
-        load_current(Path(settings.index_dir), spec_from_settings(fp32))
+    int8 = settings.model_copy(update={"embed_precision": "int8"})
+    with pytest.raises(IndexMismatch, match=r"embedding 'fp32\+separate'.*'int8pc-l0\+separate'"):
+        load_current(Path(settings.index_dir), spec_from_settings(int8))
     with pytest.raises(IndexMismatch, match="QA_SENTENCE_VECTORS"):
         load_current(Path(settings.index_dir), spec_from_settings(pooled_settings(settings)))
 
@@ -148,6 +148,7 @@ def test_an_index_of_per_tensor_int8_is_refused(
 ) -> None:
     """An index built before int8 became per-channel says ``int8+...`` in its manifest:
     its vectors are of another model file, so it is refused until rebuilt."""
+    settings = settings.model_copy(update={"embed_precision": "int8", "sentence_vectors": "mixed"})
     build_index(
         Path(settings.corpus_dir), Path(settings.index_dir), fake_embedder,
         replace(spec_from_settings(settings), embedding="int8+mixed"),

@@ -42,7 +42,7 @@ def test_manifest_names_model_settings_documents_and_checksums(
     assert manifest["model"] == {
         "id": "fake-embedder",
         "dimension": 64,
-        "embedding": "int8pc-l0+mixed",
+        "embedding": "fp32+separate",
     }
     assert manifest["chunker"] == {"chunk_tokens": 192, "overlap_tokens": 32}
     assert set(manifest["documents"]) == {"nato-indo-pacific.txt", "notes/baking.md"}
@@ -214,7 +214,7 @@ def test_manifest_is_plain_json(settings: Settings, fake_embedder: FakeEmbedder)
     assert manifest["model"] == {
         "id": "fake-embedder",
         "dimension": fake_embedder.dimension,
-        "embedding": "int8pc-l0+mixed",
+        "embedding": "fp32+separate",
     }
     assert manifest["counts"]["documents"] == report.documents == len(manifest["documents"])
     assert manifest["counts"]["chunks"] == report.chunks
