@@ -106,13 +106,11 @@ class HighlightFrom(Searcher):
         super().__init__(data, candidates, FusionConfig())
         self.shown = shown
 
-    def highlight(self, query: str, vector: np.ndarray, hits: list[Hit]) -> None:
-        ranked = self.data
-        self.data = self.shown
-        try:
-            super().highlight(query, vector, hits)
-        finally:
-            self.data = ranked
+    def _highlight(
+        self, query: str, vector: np.ndarray, hits: list[Hit], sentences: SentenceSet
+    ) -> None:
+        ids = np.asarray([h.id for h in hits], dtype=np.int64)
+        super()._highlight(query, vector, hits, self.shown.sentences(ids))
 
 
 def first_hits(searcher: Searcher, embedder: Embedder, queries: list[str], k: int) -> list[Any]:
