@@ -257,7 +257,8 @@ def search(
     at 100k vectors (256 lists, nprobe 32), recall@10 among the allowed ids 0.988 / 0.997 /
     1.0 for 10 % / 1 % / 0.1 % allowed, against 0.952 / 0.882 / 0.655 with ``nprobe``
     unchanged and 0.990 at 2.5x the time of this rule with ``nprobe / fraction``. Runs on
-    the calling thread only (one OpenMP thread: measured faster for one query on a busy machine).
+    the calling thread only (one OpenMP thread: measured faster for one query on a busy
+    machine); the thread's OpenMP setting, which torch shares, is put back afterwards.
     """
     if ids is None:
         return _search(index, vector, k, None, 0)
@@ -299,22 +300,29 @@ def _search(
     q = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
     if q.shape[1] != index.d:
         raise ValueError(f"query has dimension {q.shape[1]}, the index {index.d}")
-    faiss.omp_set_num_threads(1)
     k = min(k, int(index.ntotal))
-    if selector is None:
-        scores, found = index.search(q, k)
-    else:
-        params: faiss.SearchParameters
-        if kind_of(index) == IVF_SQ8:
-            ivf = faiss.extract_index_ivf(index)
-            fraction = allowed / index.ntotal
-            params = faiss.SearchParametersIVF()
-            scale = 1 / math.sqrt(min(fraction, 1.0))
-            params.nprobe = int(min(ivf.nlist, math.ceil(ivf.nprobe * scale)))
+    # one question: FAISS's OpenMP threads cost more than they give. The setting is the
+    # calling thread's OpenMP setting, which torch reads too (torch.get_num_threads), so it
+    # is put back: a process that searched must still embed and build on every core.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        if selector is None:
+            scores, found = index.search(q, k)
         else:
-            params = faiss.SearchParameters()
-        params.sel = selector
-        scores, found = index.search(q, k, params=params)
+            params: faiss.SearchParameters
+            if kind_of(index) == IVF_SQ8:
+                ivf = faiss.extract_index_ivf(index)
+                fraction = allowed / index.ntotal
+                params = faiss.SearchParametersIVF()
+                scale = 1 / math.sqrt(min(fraction, 1.0))
+                params.nprobe = int(min(ivf.nlist, math.ceil(ivf.nprobe * scale)))
+            else:
+                params = faiss.SearchParameters()
+            params.sel = selector
+            scores, found = index.search(q, k, params=params)
+    finally:
+        faiss.omp_set_num_threads(threads)
     keep = found[0] != -1  # FAISS marks a missing result with id -1
     return found[0][keep], scores[0][keep]
 

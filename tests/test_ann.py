@@ -201,3 +201,19 @@ def test_config_from_settings() -> None:
     config = ann.AnnConfig.from_settings(Settings(ann_min_chunks=7, ann_target_recall=0.9))
     assert (config.min_chunks, config.target_recall) == (7, 0.9)
     assert ann.AnnConfig.from_settings(Settings()) == ann.AnnConfig()
+
+
+def test_a_search_leaves_the_threads_of_torch_and_faiss_as_they_were(big) -> None:
+    """A search runs FAISS on one OpenMP thread; that setting is shared with torch, and a
+    process that searched (a server, bench.build) must still embed on every core."""
+    torch = pytest.importorskip("torch")
+    xb, ids, index = big
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)  # so that a leak to 1 shows on a 1-core machine too
+    try:
+        ann.search(index, xb[0], 10)
+        ann.search(index, xb[0], 10, ids[:50])
+        assert faiss.omp_get_max_threads() == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
