@@ -669,7 +669,8 @@ def local_report(results: dict[str, Any]) -> str:
         ("bytes on disk MB", lambda r: f"{r['write']['bytes'] / 1e6:.0f}"),
         ("  chunk vectors: exact float16 / approximate index MB", lambda r: (
             f"{files(r, 'vectors.faiss')} / {files(r, 'ann.faiss')}")),
-        ("  sentence vectors float16 MB", lambda r: files(r, "sentence_vectors.npy")),
+        ("  sentence vectors: 8-bit codes + scales MB", lambda r: files(
+            r, "sentence_codes.npy", "sentence_scales.npy", "sentence_vectors.npy")),
         ("  texts / chunk columns MB", lambda r: (
             f"{files(r, 'texts.txt')} / "
             + files(r, *[k for k in r["write"]["files"] if k.startswith("chunk_")]))),

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -87,14 +88,33 @@ class OnnxEncoder:
         self.precision = precision
         # the same model on one thread, for builds that run several batches at once
         # (QA_EMBED_STREAMS): at batch 1 two one-thread streams embed more per CPU second
-        # than one stream on two threads (docs/performance.md)
-        self.stream_session: Any = None
+        # than one stream on two threads (docs/performance.md). Opened on a build's first
+        # batch, not at load: a serving process that never builds does not hold it (90 MB).
+        self.stream_path: str | None = None
+        self._stream_session: Any = None
+        self._stream_lock = threading.Lock()
+
+    def stream_session(self) -> Any:
+        """The one-thread session (None when streams are off), opened on first use."""
+        if self.stream_path is None:
+            return None
+        with self._stream_lock:
+            if self._stream_session is None:
+                import onnxruntime as ort
+
+                one = ort.SessionOptions()
+                one.intra_op_num_threads = 1
+                one.log_severity_level = 3
+                self._stream_session = ort.InferenceSession(
+                    self.stream_path, one, providers=["CPUExecutionProvider"]
+                )
+            return self._stream_session
 
     def hidden(self, feed: dict[str, np.ndarray], stream: bool = False) -> np.ndarray:
         """Token embeddings, (batch, tokens, dim) float32, of already tokenized inputs
         (int64 arrays named as the model's inputs, padded to one length). ``stream``: on
         the one-thread session (safe to call from several threads at once)."""
-        session = self.stream_session if stream and self.stream_session else self.session
+        session = (self.stream_session() if stream else None) or self.session
         out: np.ndarray = session.run(None, {k: feed[k] for k in self.names})[0]
         return out
 
@@ -227,12 +247,7 @@ def load(
             session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
         encoder = OnnxEncoder(session, model.tokenizer, int(model.max_seq_length), names, precision)
         if streams > 1:
-            one = ort.SessionOptions()
-            one.intra_op_num_threads = 1
-            one.log_severity_level = 3
-            encoder.stream_session = ort.InferenceSession(
-                str(target), one, providers=["CPUExecutionProvider"]
-            )
+            encoder.stream_path = str(target)
         expected = model.encode(_PROBE, normalize_embeddings=True, convert_to_numpy=True)
         got = encoder.encode(_PROBE)
         if precision == "int8":
