@@ -388,6 +388,21 @@ def test_sentence_codes_come_back_within_half_a_step(
     assert (np.abs(back - vectors) <= step[:, None] / 2 * 1.0001 + 1e-12).all()
 
 
+def test_sentence_codes_are_the_same_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """encode_sentences works in blocks of rows (bounded memory at 1M chunks); block
+    boundaries change nothing, float16 input included."""
+    from qa.index import segment as segment_module
+
+    vectors = np.random.default_rng(5).normal(size=(50, 16)).astype(np.float16)
+    vectors[7] = 0.0
+    whole = encode_sentences(vectors)
+    monkeypatch.setattr(segment_module, "_ENCODE_ROWS", 3)
+    blocked = encode_sentences(vectors)
+    np.testing.assert_array_equal(whole[0], blocked[0])
+    np.testing.assert_array_equal(whole[1], blocked[1])
+    assert encode_sentences(np.zeros((0, 16), dtype=np.float32))[0].shape == (0, 16)
+
+
 def test_stored_sentence_vectors_rank_as_the_originals(
     large: tuple[LocalSnapshot, SegmentPayload],
 ) -> None:

@@ -211,12 +211,23 @@ def encode_sentences(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric 8-bit scalar codes of ``vectors`` (n, dim): (codes (n, dim) int8, scales
     (n,) float32) with ``codes = round(v / scale)`` and ``scale = max|v| / 127`` per row (1
     for a zero row). Each component comes back within ``scale / 2`` (about 0.001 for a
-    unit vector of 384 dimensions)."""
-    v = np.asarray(vectors, dtype=np.float32)
-    scales = np.abs(v).max(axis=1) / 127 if len(v) else np.zeros(0, dtype=np.float32)
-    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(v / scales[:, None]), -127, 127).astype(np.int8)
+    unit vector of 384 dimensions). Encoded in blocks of rows, so that the float32
+    temporaries stay small: the memory is the codes' (at 1M chunks the 4M sentence
+    vectors' float32 temporaries, a whole array at once, took the writer past 24 GB)."""
+    n = len(vectors)
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    codes = np.empty((n, dim), dtype=np.int8)
+    scales = np.empty(n, dtype=np.float32)
+    for start in range(0, n, _ENCODE_ROWS):
+        v = np.asarray(vectors[start : start + _ENCODE_ROWS], dtype=np.float32)
+        block = np.abs(v).max(axis=1) / 127 if dim else np.zeros(len(v), dtype=np.float32)
+        block = np.where(block > 0, block, 1.0).astype(np.float32)
+        codes[start : start + len(v)] = np.clip(np.rint(v / block[:, None]), -127, 127)
+        scales[start : start + len(v)] = block
     return codes, scales
+
+
+_ENCODE_ROWS = 65_536
 
 
 def decode_sentences(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
