@@ -347,7 +347,7 @@ class SentenceTransformerEmbedder(LazyModel):
         self, encoded: Any, rows: list[int], forms: list[str], stream: bool = False
     ) -> list[Any]:
         """Token embeddings (tokens, dim) float32 of each text in ``rows``, padding cut
-        (``stream``: on the ONNX model's one-thread session, see ``streams``)."""
+        (``stream``: on the ONNX model's streams session, see ``streams``)."""
         lengths = [len(encoded["input_ids"][i]) for i in rows]
         if self._onnx is not None:
             width = max(lengths)

@@ -95,13 +95,20 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
 
 
 _cached_key_terms = functools.lru_cache(maxsize=1 << 16)(_key_terms)
+_CACHED_KEY_CHARS = 64  # longer groups (URLs, minified code) are expanded, not kept
+
+
+def _group_terms(key: str) -> tuple[str, ...]:
+    """:func:`_key_terms` through the bounded cache for groups of up to 64 characters, so
+    that the cache holds at most 65,536 short keys whatever the corpus."""
+    return _cached_key_terms(key) if len(key) <= _CACHED_KEY_CHARS else _key_terms(key)
 
 
 def term_sets(texts: Sequence[str]) -> list[set[str]]:
     """The set of :func:`tokenize`'s terms of each text, each distinct group expanded once
     a process (a bounded cache of :func:`_key_terms`): search highlights 40-odd sentences a
     question, whose words repeat from one question to the next."""
-    return [set(chain.from_iterable(map(_cached_key_terms, _keys(text)))) for text in texts]
+    return [set(chain.from_iterable(map(_group_terms, _keys(text)))) for text in texts]
 
 
 class _Terms:

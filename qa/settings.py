@@ -55,8 +55,9 @@ class Settings(BaseSettings):
         2,
         ge=1,
         le=64,
-        description="ONNX batches a build runs at once, each on one thread (CPU); 1: one "
-        "batch at a time on all the model's threads. Questions are embedded one at a time.",
+        description="ONNX batches a build runs at once (CPU), sharing the model's threads "
+        "(2 streams on 2 cores: one thread each); 1: one batch at a time on all of them. "
+        "Questions are embedded one at a time.",
     )
     sentence_vectors: Literal["separate", "pooled", "mixed"] = Field(
         "separate",

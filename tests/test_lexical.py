@@ -61,6 +61,20 @@ def test_term_sets_are_the_sets_of_tokenize(texts: list[str]) -> None:
     assert term_sets(texts) == expected
 
 
+def test_long_groups_are_expanded_but_not_cached() -> None:
+    """The highlight's cache keeps short groups only: a corpus of long tokens (URLs,
+    minified code) cannot fill it with kilobytes a key."""
+    from qa import lexical
+
+    long = "-".join(f"part{i}" for i in range(40))  # one group of 270 characters
+    before = lexical._cached_key_terms.cache_info().currsize
+    assert term_sets([long]) == [set(tokenize([long])[0])]
+    assert "part7" in term_sets([long])[0]
+    assert lexical._cached_key_terms.cache_info().currsize == before
+    term_sets(["a short v2-beta token"])
+    assert lexical._cached_key_terms.cache_info().currsize > before
+
+
 def reference_scores(texts: list[str], query: str) -> np.ndarray:
     """bm25s's own path: ``BM25().index`` on token strings, ``get_scores``."""
     retriever = bm25s.BM25()

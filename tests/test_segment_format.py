@@ -305,6 +305,9 @@ def test_an_index_of_the_previous_format_must_be_rebuilt(tmp_path: Path) -> None
     snap = publish(LocalIndexStore(tmp_path), synthetic(3, 2))
     manifest_path = snap.path / "manifest.json"
     manifest = json.loads(manifest_path.read_text("utf-8"))
+    manifest["format_version"] = 6  # float16 sentence vectors: still read
+    manifest_path.write_text(json.dumps(manifest), "utf-8")
+    assert load_current(tmp_path, SPEC).count(None) == snap.count(None)
     manifest["format_version"] = 5
     manifest_path.write_text(json.dumps(manifest), "utf-8")
     with pytest.raises(IndexMismatch, match="rebuild"):

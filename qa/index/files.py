@@ -20,7 +20,7 @@ from typing import Any
 from qa.errors import IndexCorrupt, IndexMismatch
 from qa.index.publish import generation_number
 from qa.index.segment import SEGMENTS_DIR, SegmentPayload, fsync_tree, verify_segment
-from qa.index.spec import FORMAT_VERSION, IndexSpec
+from qa.index.spec import FORMAT_VERSION, READABLE_FORMATS, IndexSpec
 
 MANIFEST = "manifest.json"
 
@@ -104,10 +104,10 @@ def read_manifest(gen_dir: Path) -> dict[str, Any]:
         raise IndexCorrupt(
             f"{path} is not valid JSON ({exc}); rebuild with `qa index build`"
         ) from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise IndexMismatch(
             f"{path} has format version {manifest.get('format_version')!r}, this qa reads "
-            f"version {FORMAT_VERSION}; rebuild with `qa index build`"
+            f"versions {', '.join(map(str, READABLE_FORMATS))}; rebuild with `qa index build`"
         )
     with _READ_LOCK:
         _READ[key] = manifest

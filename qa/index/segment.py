@@ -55,7 +55,7 @@ from qa.documents import Chunk, Document
 from qa.errors import IndexCorrupt, IndexMismatch
 from qa.index.faiss_store import FaissStore, load_npy, mapped
 from qa.index.publish import fsync_dir
-from qa.index.spec import FORMAT_VERSION
+from qa.index.spec import FORMAT_VERSION, READABLE_FORMATS
 from qa.index.terms import TermCounts
 from qa.lexical import postings
 
@@ -363,10 +363,10 @@ def verify_segment(
         manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexCorrupt(f"{path} is not valid JSON ({exc}); rebuild it") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise IndexMismatch(
             f"{path} has format version {manifest.get('format_version')!r}, this qa reads "
-            f"version {FORMAT_VERSION}; rebuild with `qa index build`"
+            f"versions {', '.join(map(str, READABLE_FORMATS))}; rebuild with `qa index build`"
         )
     for name, meta in manifest["files"].items():
         file = seg_dir / name

@@ -95,5 +95,8 @@ def test_two_streams_embed_as_one(tmp_path: Path) -> None:
     assert two._onnx._stream_session is None
     (a, a_spans), (b, b_spans) = (e.embed_with_spans(texts, spans) for e in (one, two))
     assert two._onnx._stream_session is not None and one._onnx.stream_session() is None
+    # the streams share the process's threads: one caller each plus a pool of the rest
+    threads = __import__("torch").get_num_threads()
+    assert two._onnx.stream_threads == max(1, threads - 1)
     assert np.abs(a - b).max() < 1e-4 and np.abs(a_spans - b_spans).max() < 1e-4
     assert (a @ a.T).argmax(axis=1).tolist() == list(range(len(texts)))  # each its own
