@@ -389,13 +389,12 @@ def verify_segment(
 # loading it again (the next generation names it too) checks the manifest's checksum and
 # the files' sizes and stat, not every byte: a one-document update of a large index does
 # not hash the unchanged segments again. A new process hashes everything once.
-_VERIFIED: dict[tuple[str, str], tuple[tuple[str, int, int, int], ...]] = {}
+Signature = tuple[tuple[str, int, int, int], ...]  # (file, size, mtime_ns, inode) each
+_VERIFIED: dict[tuple[str, str], Signature] = {}
 _VERIFIED_LOCK = threading.Lock()
 
 
-def _stat_signature(
-    seg_dir: Path, manifest: dict[str, Any]
-) -> tuple[tuple[str, int, int, int], ...]:
+def _stat_signature(seg_dir: Path, manifest: dict[str, Any]) -> Signature:
     out = []
     for name in sorted(manifest["files"]):
         st = (seg_dir / name).stat()
@@ -403,9 +402,12 @@ def _stat_signature(
     return tuple(out)
 
 
-def verify_once(seg_dir: Path, manifest_sha256: str | None) -> dict[str, Any]:
+def verify_once(
+    seg_dir: Path, manifest_sha256: str | None
+) -> tuple[dict[str, Any], Signature | None]:
     """``verify_segment``, with every file's checksum only the first time this process
-    sees the segment unchanged (see ``_VERIFIED``). Raises IndexCorrupt, IndexMismatch."""
+    sees the segment unchanged (see ``_VERIFIED``). Returns the manifest and the files'
+    stat signature (None without ``manifest_sha256``). Raises IndexCorrupt, IndexMismatch."""
     key = (str(seg_dir.resolve()), manifest_sha256 or "")
     with _VERIFIED_LOCK:
         known = _VERIFIED.get(key)
@@ -413,14 +415,16 @@ def verify_once(seg_dir: Path, manifest_sha256: str | None) -> dict[str, Any]:
         manifest = verify_segment(seg_dir, manifest_sha256, checksums=False)
         try:
             if _stat_signature(seg_dir, manifest) == known:
-                return manifest
+                return manifest, known
         except OSError:
             pass
     manifest = verify_segment(seg_dir, manifest_sha256)
-    if manifest_sha256 is not None:
-        with _VERIFIED_LOCK:
-            _VERIFIED[key] = _stat_signature(seg_dir, manifest)
-    return manifest
+    if manifest_sha256 is None:
+        return manifest, None
+    signature = _stat_signature(seg_dir, manifest)
+    with _VERIFIED_LOCK:
+        _VERIFIED[key] = signature
+    return manifest, signature
 
 
 # Segments loaded in this process and still in use (a snapshot holds them), by folder,
@@ -434,18 +438,10 @@ _LOADED: weakref.WeakValueDictionary[tuple[Any, ...], Segment] = weakref.WeakVal
 def load_segment(seg_dir: Path, manifest_sha256: str | None, dimension: int) -> Segment:
     """Verify one segment (``verify_once``) and map its files (nothing is read whole but
     the small JSON tables), or take it from ``_LOADED``. Raises IndexCorrupt."""
-    manifest = verify_once(seg_dir, manifest_sha256)
+    manifest, signature = verify_once(seg_dir, manifest_sha256)
     key: tuple[Any, ...] | None = None
-    if manifest_sha256 is not None:
-        try:
-            key = (
-                str(seg_dir.resolve()),
-                manifest_sha256,
-                dimension,
-                _stat_signature(seg_dir, manifest),
-            )
-        except OSError:
-            key = None
+    if signature is not None:
+        key = (str(seg_dir.resolve()), manifest_sha256, dimension, signature)
     if key is not None:
         with _VERIFIED_LOCK:
             loaded = _LOADED.get(key)
