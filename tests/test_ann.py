@@ -39,18 +39,19 @@ def exact_top(xb: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndar
 
 @pytest.fixture(scope="module")
 def big() -> tuple[np.ndarray, np.ndarray, object]:
+    """20,000 vectors over the approximate type's threshold; its ids are the rows."""
     xb = clustered(20_000, seed=0)
-    ids = hash_ids(len(xb))
-    index = ann.build(xb, ids, ann.AnnConfig(min_chunks=5_000, target_recall=0.95))
-    return xb, ids, index
+    index = ann.build(xb, None, ann.AnnConfig(min_chunks=5_000, target_recall=0.95))
+    return xb, np.arange(len(xb)), index
 
 
 def test_type_follows_size() -> None:
     config = ann.AnnConfig(min_chunks=5_000)
     assert ann.kind_for(4_999, config) == ann.EXACT
-    assert ann.kind_for(5_000, config) == ann.IVF_SQ8
+    assert ann.kind_for(5_000, config) == ann.IVF_PQ
     assert ann.kind_of(ann.make_index(100, DIM, config)) == ann.EXACT
-    assert ann.kind_of(ann.make_index(10_000, DIM, config)) == ann.IVF_SQ8
+    assert ann.kind_of(ann.make_index(10_000, DIM, config)) == ann.IVF_PQ
+    assert ann.pq_size(384) == 192 and ann.pq_size(33) == 33
     assert ann.lists_for(1_000_000) == 1024
     assert ann.lists_for(100_000) == 256
     assert ann.lists_for(1_000) <= 1_000 // 64
@@ -64,21 +65,34 @@ def test_nprobe_steps_are_powers_of_two_and_halfway_steps() -> None:
 
 def test_calibration_stops_at_a_step_or_at_every_list(big) -> None:
     xb, ids, index = big
-    ivf = faiss.extract_index_ivf(index)
+    ivf = faiss.extract_index_ivf(ann.base_of(index))
     assert int(ivf.nprobe) in ann.nprobe_steps(int(ivf.nlist))
-    copy = faiss.clone_index(index)
+    assert ann.shortlist_of(index) in ann.SHORTLISTS
+    copy = ann.with_refine(faiss.clone_index(ann.base_of(index)), ann.exact_rows(xb))
     queries = clustered(100, seed=8)
     truth = [exact_top(xb, ids, q, 10) for q in queries]
-    assert ann.calibrate(copy, queries, truth, 0.95) >= 0.95
-    chosen = int(faiss.extract_index_ivf(copy).nprobe)
-    steps = ann.nprobe_steps(int(ivf.nlist))
-    if chosen > 1:  # the step before falls short on the same queries
-        before = steps[steps.index(chosen) - 1]
-        faiss.extract_index_ivf(copy).nprobe = before
+
+    def recall_with(nprobe: int, shortlist: int) -> float:
+        faiss.extract_index_ivf(ann.base_of(copy)).nprobe = nprobe
+        copy.k_factor = float(shortlist)
         found = np.stack([ann.search(copy, q, 10)[0] for q in queries])
-        assert ann.recall_at(np.stack(truth), found) < 0.95
-    ann.calibrate(copy, queries, truth, 1.01)  # unreachable: every list
-    assert faiss.extract_index_ivf(copy).nprobe == ivf.nlist
+        return ann.recall_at(np.stack(truth), found)
+
+    assert ann.calibrate(copy, queries, truth, 0.95) >= 0.95
+    chosen = int(faiss.extract_index_ivf(ann.base_of(copy)).nprobe)
+    shortlist = ann.shortlist_of(copy)
+    assert shortlist is not None
+    assert recall_with(chosen, shortlist) >= 0.95  # what calibration measured, searched
+    steps = ann.nprobe_steps(int(ivf.nlist))
+    if chosen > 1:  # the step before falls short with every shortlist
+        before = steps[steps.index(chosen) - 1]
+        assert all(recall_with(before, s) < 0.95 for s in ann.SHORTLISTS)
+    if shortlist > ann.SHORTLISTS[0]:  # the shorter shortlist falls short at that nprobe
+        shorter = ann.SHORTLISTS[ann.SHORTLISTS.index(shortlist) - 1]
+        assert recall_with(chosen, shorter) < 0.95
+    ann.calibrate(copy, queries, truth, 1.01)  # unreachable: every list, longest shortlist
+    assert faiss.extract_index_ivf(ann.base_of(copy)).nprobe == ivf.nlist
+    assert ann.shortlist_of(copy) == ann.SHORTLISTS[-1]
 
 
 def test_small_index_is_exact_with_its_ids() -> None:
@@ -100,7 +114,7 @@ def test_small_index_is_exact_with_its_ids() -> None:
 
 def test_approximate_index_reaches_recall_on_new_queries(big) -> None:
     xb, ids, index = big
-    assert ann.kind_of(index) == ann.IVF_SQ8
+    assert ann.kind_of(index) == ann.IVF_PQ
     nprobe = ann.nprobe_of(index)
     assert nprobe is not None and 1 <= nprobe <= 128
     queries = clustered(200, seed=5)
@@ -122,9 +136,16 @@ def test_saved_index_loads_memory_mapped_with_same_results(big, tmp_path: Path) 
     path = tmp_path / "vectors.faiss"
     size = ann.save(index, path)
     assert size == path.stat().st_size
-    assert size < xb.nbytes / 2  # 8-bit codes: 1 byte a dimension plus ids and centroids
-    loaded = ann.load_mmap(path)
+    # 4-bit codes, one per 2 dimensions (a byte per 4), ids and centroids: the float16
+    # vectors that re-rank them are another file's
+    assert size < xb.nbytes / 4
+    with pytest.raises(ValueError, match="exact index"):
+        ann.load_mmap(path)
+    with pytest.raises(ValueError, match="vectors"):
+        ann.load_mmap(path, ann.exact_rows(xb[:100]))
+    loaded = ann.load_mmap(path, ann.exact_rows(xb), ann.shortlist_of(index) or 0)
     assert ann.nprobe_of(loaded) == ann.nprobe_of(index)
+    assert ann.shortlist_of(loaded) == ann.shortlist_of(index)
     if sys.platform.startswith("linux"):
         maps = Path("/proc/self/maps").read_text()
         assert str(path) in maps, "the index file is not mapped into the process"
@@ -169,12 +190,28 @@ def test_filter_returns_only_allowed_ids_best_first(size: int, big) -> None:
 
 def test_filter_with_no_known_id_finds_nothing(big) -> None:
     _, _, index = big
-    assert len(ann.search(index, clustered(1, seed=13)[0], 5, ids=np.asarray([7, 8]))[0]) == 0
+    unknown = np.asarray([10**9, 10**9 + 1])  # the ids are the rows 0 .. 19,999
+    assert len(ann.search(index, clustered(1, seed=13)[0], 5, ids=unknown)[0]) == 0
     assert len(ann.search(index, clustered(1, seed=13)[0], 5, ids=np.asarray([]))[0]) == 0
+
+
+def test_the_approximate_index_is_re_ranked_on_its_float16_vectors(big) -> None:
+    """The shortlist of 4-bit codes is scored again on the float16 vectors: the scores
+    returned are the float16 inner products, not the codes' estimates."""
+    xb, _, index = big
+    half = xb.astype(np.float16).astype(np.float32)
+    for q in clustered(10, seed=16):
+        found, scores = ann.search(index, q, 10)
+        np.testing.assert_allclose(scores, half[found] @ q, atol=1e-5)
+    assert ann.with_refine(ann.exact_rows(xb[:5]), ann.exact_rows(xb[:5])) is not None
+    with pytest.raises(ValueError, match="rows"):
+        ann.with_refine(ann.base_of(index), ann.exact_rows(xb[:100]))
 
 
 def test_bad_input_is_refused() -> None:
     xb = clustered(10, seed=14)
+    with pytest.raises(ValueError, match="rows 0"):
+        ann.build(clustered(200, seed=14), hash_ids(200), ann.AnnConfig(min_chunks=100))
     with pytest.raises(ValueError, match="unique"):
         ann.build(xb, np.zeros(10, dtype=np.int64))
     with pytest.raises(ValueError, match="ids for 10 vectors"):

@@ -38,7 +38,7 @@ def test_manifest_names_model_settings_documents_and_checksums(
 ) -> None:
     report = build(settings, fake_embedder)
     manifest = read_manifest(report.path)
-    assert manifest["format_version"] == FORMAT_VERSION == 7
+    assert manifest["format_version"] == FORMAT_VERSION == 8
     assert manifest["model"] == {
         "id": "fake-embedder",
         "dimension": 64,

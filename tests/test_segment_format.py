@@ -106,8 +106,10 @@ def test_a_segment_over_the_threshold_gets_the_approximate_index(
     snap, segment = large
     seg_dir = snap.path.parent / "segments" / "seg-000001"
     vectors = json.loads((seg_dir / "manifest.json").read_text("utf-8"))["vectors"]
-    assert vectors["kind"] == ann.IVF_SQ8 and vectors["nprobe"] >= 1
-    assert ann.kind_of(ann.load_mmap(seg_dir / "ann.faiss")) == ann.IVF_SQ8
+    assert vectors["kind"] == ann.IVF_PQ and vectors["nprobe"] >= 1
+    assert vectors["shortlist"] in ann.SHORTLISTS
+    exact = ann.load_mmap(seg_dir / "vectors.faiss")
+    assert ann.kind_of(ann.load_mmap(seg_dir / "ann.faiss", exact)) == ann.IVF_PQ
     queries = clustered(60, seed=5)
     recall = np.mean(
         [
@@ -122,6 +124,38 @@ def test_a_segment_over_the_threshold_gets_the_approximate_index(
         ]
     )
     assert recall >= 0.9
+
+
+def test_a_segment_with_the_ivf_sq8_index_of_format_7_is_still_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments written before format 8 hold IVF over 8-bit codes and no shortlist: read
+    and searched as they are, with the calibrated ``nprobe`` saved in the file."""
+    import faiss
+
+    def ivf_sq8(n: int, dim: int, config: AnnConfig | None = None) -> faiss.Index:
+        quantizer = faiss.IndexFlatIP(dim)
+        return faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, ann.lists_for(n), faiss.ScalarQuantizer.QT_8bit,
+            faiss.METRIC_INNER_PRODUCT,
+        )  # fmt: skip
+
+    monkeypatch.setattr(ann, "make_index", ivf_sq8)
+    segment = synthetic(300, 10)
+    snap = publish(LocalIndexStore(tmp_path, ann=AnnConfig(min_chunks=1_000)), segment)
+    seg_dir = tmp_path / "segments" / "seg-000001"
+    vectors = json.loads((seg_dir / "manifest.json").read_text("utf-8"))["vectors"]
+    assert vectors["kind"] == ann.IVF_SQ8 and vectors["shortlist"] is None
+    monkeypatch.undo()
+    snap = load_current(tmp_path, SPEC)
+    hits = [
+        len(np.intersect1d(
+            snap.dense(q, 10, None).ids,
+            brute_force(segment.chunk_vectors, segment.chunk_ids, q, 10),
+        )) / 10
+        for q in clustered(60, seed=5)
+    ]  # fmt: skip
+    assert np.mean(hits) >= 0.9
 
 
 def test_a_small_segment_is_searched_exactly(tmp_path: Path) -> None:

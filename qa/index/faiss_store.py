@@ -10,7 +10,9 @@ Snapshot interface. Files of a segment:
   read as an ``np.memmap`` (n, dim) float16 (rescoring, reuse on update, compaction): one
   copy on disk and in the page cache, not a ``.npy`` beside a FAISS file of the same bytes.
 - ``ann.faiss``, only for a segment of at least ``QA_ANN_MIN_CHUNKS`` chunks: the
-  approximate index of qa.ann (IVF over 8-bit codes, ``nprobe`` calibrated at write).
+  approximate index of qa.ann (IVF over 4-bit PQ fast-scan codes, ``nprobe`` and the
+  shortlist calibrated at write), whose shortlist is re-ranked on ``vectors.faiss``
+  (segments of index format 6 and 7 hold IVF over 8-bit codes, searched as they are).
 
 Both are read with ``IO_FLAG_MMAP_IFC`` (qa.ann.load_mmap): loading costs milliseconds and
 the pages are the page cache's, shared by every process serving the segment. A filter is
@@ -95,7 +97,7 @@ class FaissStore:
         """Write ``vectors`` (n, dim) as the exact float16 index and, from
         ``config.min_chunks`` rows up, the approximate one (built on the float16 values, so
         that both indexes and rescoring agree). Returns what the segment manifest records:
-        {"kind", "nprobe", "min_chunks", "codes_offset"}. Raises RuntimeError when FAISS did
+        {"kind", "nprobe", "shortlist", "min_chunks", "codes_offset"}. Raises RuntimeError when FAISS did
         not write the codes as the file's last bytes."""
         n, dim = vectors.shape
         half = np.ascontiguousarray(vectors, dtype=np.float16)
@@ -103,6 +105,7 @@ class FaissStore:
         info: dict[str, Any] = {
             "kind": ann.EXACT,
             "nprobe": None,
+            "shortlist": None,
             "min_chunks": config.min_chunks,
             "codes_offset": None,
         }
@@ -116,9 +119,10 @@ class FaissStore:
             raise RuntimeError("FAISS did not write the float16 codes as the file's tail")
         info["codes_offset"] = offset
         if ann.kind_for(n, config) != ann.EXACT:
-            index = ann.build(half.astype(np.float32), np.arange(n), config)
+            index = ann.build(half.astype(np.float32), None, config, exact=exact)
             ann.save(index, path / cls.ANN_FILE)
             info["kind"], info["nprobe"] = ann.kind_of(index), ann.nprobe_of(index)
+            info["shortlist"] = ann.shortlist_of(index)
         return info
 
     @classmethod
@@ -140,7 +144,10 @@ class FaissStore:
                 shape=(rows, dimension),
             )
         )
-        approximate = ann.load_mmap(path / cls.ANN_FILE) if info["kind"] != ann.EXACT else None
+        approximate = None
+        if info["kind"] != ann.EXACT:
+            shortlist = info.get("shortlist") or ann.SHORTLISTS[0]  # None before format 8
+            approximate = ann.load_mmap(path / cls.ANN_FILE, exact, int(shortlist))
         return cls(vectors, exact, approximate, int(info["min_chunks"]))
 
     def search(

@@ -8,14 +8,16 @@ from typing import Any
 
 from qa.errors import IndexMismatch
 
-FORMAT_VERSION = 7  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers;
+FORMAT_VERSION = 8  # 2: stats carry word_pieces_per_word; 3: BM25 keeps numbered identifiers;
 # 4: search normalisation (NFKC) of BM25 tokens and embedder input, chunks within the window;
 # 5: stable chunk ids (qa.index.ids) are the vector ids and a column of chunks.jsonl
 # 6: columns memory-mapped: float16 vectors (.npy), a qa.ann index by size, chunk columns,
 #    document texts in one UTF-8 file read per document
 # 7: sentence vectors as 8-bit codes with a scale each (sentence_codes.npy,
 #    sentence_scales.npy) where 6 held float16 sentence_vectors.npy
-READABLE_FORMATS = (6, 7)  # 6 is still read (a generation may mix 6 and 7 segments)
+# 8: the approximate index (qa.ann) is IVF over 4-bit PQ fast-scan codes re-ranked on the
+#    float16 vectors, its shortlist in the segment manifest, where 7 held IVF-SQ8
+READABLE_FORMATS = (6, 7, 8)  # 6 and 7 are still read (a generation may mix them)
 
 
 @dataclass(frozen=True)
