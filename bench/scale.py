@@ -675,7 +675,9 @@ def local_report(results: dict[str, Any]) -> str:
         ("peak RSS of the writing process MB", lambda r: f"{r['write']['peak_mb']:.0f}"),
         ("vector index", lambda r: f"{r['write']['vectors']['kind']}"
             + (f", nprobe {r['write']['vectors']['nprobe']}"
-               if r["write"]["vectors"]["nprobe"] else "")),
+               if r["write"]["vectors"]["nprobe"] else "")
+            + (f", shortlist {r['write']['vectors']['shortlist']}"
+               if r["write"]["vectors"].get("shortlist") else "")),
         ("bytes on disk MB", lambda r: f"{r['write']['bytes'] / 1e6:.0f}"),
         ("  chunk vectors: exact float16 / approximate index MB", lambda r: (
             f"{files(r, 'vectors.faiss')} / {files(r, 'ann.faiss')}")),
