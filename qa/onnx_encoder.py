@@ -72,6 +72,18 @@ def _fingerprint(model_path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def model_file(model_path: Path, cache_dir: Path, precision: Precision) -> Path:
+    """Where :func:`load` keeps the ONNX file of the model at ``model_path`` for
+    ``precision`` under ``cache_dir`` (it may not exist yet): ``onnx/<fingerprint>.onnx``,
+    int8 ``onnx/<fingerprint>-int8pc-l0-ort<onnxruntime version>.onnx``."""
+    import onnxruntime as ort
+
+    fingerprint = _fingerprint(model_path)
+    if precision == "int8":
+        return cache_dir / "onnx" / f"{fingerprint}-{INT8_SCHEME}-ort{ort.__version__}.onnx"
+    return cache_dir / "onnx" / f"{fingerprint}.onnx"
+
+
 class OnnxEncoder:
     def __init__(
         self,
@@ -232,11 +244,8 @@ def load(
         import onnxruntime as ort
     except ImportError:
         return None
-    fingerprint = _fingerprint(path)
-    fp32 = cache_dir / "onnx" / f"{fingerprint}.onnx"
-    target = fp32
-    if precision == "int8":
-        target = fp32.with_name(f"{fingerprint}-{INT8_SCHEME}-ort{ort.__version__}.onnx")
+    fp32 = model_file(path, cache_dir, "fp32")
+    target = model_file(path, cache_dir, precision)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         names = _make(model, fp32, target, precision)
