@@ -167,7 +167,7 @@ def main() -> None:
         e.embed(["warm up"])  # exports / quantizes into the cache folder once
         assert e.active_backend == "onnx", "the model has no ONNX twin: nothing to compare"
     model_path = Path(resolve_model_path(settings.embedding_model))
-    fp32, int8 = (model_file(model_path, cache, p) for p in ("fp32", "int8"))  # type: ignore[arg-type]
+    fp32, int8 = model_file(model_path, cache, "fp32"), model_file(model_path, cache, "int8")
     tokenizer = embedders["fp32"].model.tokenizer
     max_length = int(embedders["fp32"].model.max_seq_length)
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qa.embedder import SentenceTransformerEmbedder
+from qa.embedder import SentenceTransformerEmbedder, resolve_model_path
+from qa.onnx_encoder import model_file
+from qa.settings import DEFAULT_MODEL
 from tests.conftest import DEFAULT_CORPUS
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +44,9 @@ def test_int8_model_is_quantized_once_and_stays_close_to_fp32(tmp_path: Path) ->
     int8 = SentenceTransformerEmbedder(cache_dir=tmp_path, precision="int8")
     assert int8.variant == "onnx-int8pc-l0+separate"
     (quantized,) = (tmp_path / "onnx").glob("*-int8pc-l0-*.onnx")
+    model = Path(resolve_model_path(DEFAULT_MODEL))
+    assert quantized == model_file(model, tmp_path, "int8")  # where bench.runtimes finds it
+    assert model_file(model, tmp_path, "fp32").is_file()  # its fp32 source
     stamp = quantized.stat().st_mtime_ns
     fp32 = SentenceTransformerEmbedder(cache_dir=tmp_path)
     cosine = (int8.embed(texts) * fp32.embed(texts)).sum(axis=1)
