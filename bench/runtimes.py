@@ -1,5 +1,6 @@
 """The embedding model on each CPU runtime: onnxruntime against OpenVINO, side by side.
 
+    .venv/bin/pip install openvino   # not a qa dependency: only this benchmark uses it
     .venv/bin/python -m bench.runtimes [--passages 200] [--repeats 2] [--write docs/performance.md]
 
 Issue 10, item 4: would another runtime make the build's model calls (87 % of a build)
