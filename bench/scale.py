@@ -585,14 +585,19 @@ def part_local_search(n: int, work: Path, queries: int) -> dict[str, Any]:
     out["rss_after_search_mb"] = {k: end[k] - before[k] for k in end}
     out["peak_mb"] = peak_mb()
     found = [snap.dense(v, 10, None).ids for v in vectors]
+    found100 = [snap.dense(v, 100, None).ids for v in vectors]  # Searcher's candidates
     import faiss
 
     xb = make_vectors(n, seed=1).astype(np.float16).astype(np.float32)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    _, truth_rows = faiss.knn(vectors, xb, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    _, truth_rows = faiss.knn(vectors, xb, 100, metric=faiss.METRIC_INNER_PRODUCT)
     ids = make_ids(n)
-    hits = [len(np.intersect1d(f, ids[t])) / 10 for f, t in zip(found, truth_rows, strict=True)]
+    hits = [
+        len(np.intersect1d(f, ids[t[:10]])) / 10 for f, t in zip(found, truth_rows, strict=True)
+    ]
     out["recall@10"] = float(np.mean(hits))
+    hits = [len(np.intersect1d(f, ids[t])) / 100 for f, t in zip(found100, truth_rows, strict=True)]
+    out["recall@100"] = float(np.mean(hits))
     return out
 
 
@@ -702,6 +707,8 @@ def local_report(results: dict[str, Any]) -> str:
           for k in FILTERS],
         ("BM25 part (`snapshot.lexical`, k=100)", lambda r: fmt_ms(r["search"]["lexical"])),
         ("dense recall@10 against exact", lambda r: f"{r['search']['recall@10']:.3f}"),
+        ("dense recall@100 against exact (k=100)", lambda r: (
+            f"{r['search']['recall@100']:.3f}" if "recall@100" in r["search"] else "-")),
         ("one-document update s (load previous + write)", lambda r: (
             f"{r['update']['total_s']:.2f} ({r['update']['load_previous_s']:.2f} + "
             f"{r['update']['write_s']:.2f})")),

@@ -11,11 +11,11 @@ The FAISS index type follows the number of vectors (measured in docs/performance
   product-quantization codes scanned with SIMD lookup tables (``IndexIVFPQFastScan``,
   ``PQ{dim/2}x4fs``: one byte for every 4 dimensions, André et al., "Quicker ADC",
   IEEE TPAMI 2019, as FAISS implements it), whose shortlist of candidates (calibrated,
-  256 or more, at least ``2k``) is re-ranked on the float16 vectors (``IndexRefine``
-  over the exact index of the same rows). How many lists a search visits (``nprobe``,
-  saved in the file) and the shortlist (recorded by the caller) are calibrated at build
-  time on the vectors themselves so that recall@10 against exact search is at least
-  ``QA_ANN_TARGET_RECALL``.
+  256 or more, and at least ``10k``) is re-ranked on the float16 vectors
+  (``IndexRefine`` over the exact index of the same rows). How many lists a search
+  visits (``nprobe``, saved in the file) and the shortlist (recorded by the caller) are
+  calibrated at build time on the vectors themselves so that recall@10 against exact
+  search is at least ``QA_ANN_TARGET_RECALL``.
 
 Measured at 1M vectors of 384 dimensions (docs/performance.md, ``python -m bench.scale``):
 the fast-scan codes re-ranked searched in 1.0-1.3 ms at recall@10 0.97 (nprobe 48 of
@@ -27,10 +27,13 @@ Both types search by inner product (cosine on normalised vectors) and accept a f
 allowed ids or a row mask, passed in FAISS ``SearchParameters``. The exact type keeps the
 caller's int64 ids (any values: content hashes need not be contiguous); the approximate
 type's ids are its rows ``0 .. n - 1``, the rows of the float16 index that re-ranks it.
-Both are read back memory-mapped (``IO_FLAG_MMAP_IFC``): the codes stay in the page cache, shared
-by every process that serves the same file, and loading costs milliseconds. An index
-read this way is read-only: adding to it or removing from it fails a FAISS assertion,
-which aborts the process, so an update writes a new file and maps that.
+Both are read with ``IO_FLAG_MMAP_IFC``: the exact type's codes (and IVF-SQ8's lists)
+stay pages of the file, in the page cache, shared by every process that serves it, and
+loading costs milliseconds. FAISS 1.15 copies the fast-scan type's block inverted lists
+into each process's memory instead (about 100 MB at 1M vectors of 384 dimensions; its
+float16 re-ranking vectors stay mapped). An index read this way is read-only: adding to
+it or removing from it fails a FAISS assertion, which aborts the process, so an update
+writes a new file and maps that.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ _ADD_BLOCK = 65_536
 # stopped rising from 200 (0.971 at 200 and 800, nprobe 48), at 20k clustered vectors of
 # 32 dimensions from 400 (0.71 at 200, 0.99 at 400; docs/performance.md)
 SHORTLISTS = (256, 512, 1024, 2048)
+# a search for k results re-ranks at least 10k candidates: at 1M synthetic vectors recall@100
+# of a k=100 search (Searcher's candidates) was 0.887 / 0.930 / 0.936 / 0.936 with 256 /
+# 512 / 1,024 / 2,560 candidates (IVF-SQ8 at the same nprobe: 0.933), on 20k clustered
+# 32-dimensional vectors 0.860 / 0.919 / 0.925 / 0.925 with 256 / 512 / 1,024 / 2,048
+# (IVF-SQ8: 0.924)
+_CANDIDATES_PER_RESULT = 10
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ def with_refine(
     base: faiss.Index, exact: faiss.Index, shortlist: int = SHORTLISTS[0]
 ) -> faiss.Index:
     """``base`` (an :data:`IVF_PQ` index, ids = rows) with a shortlist of ``shortlist``
-    candidates (at least ``2k``) re-ranked on ``exact`` (float16, the same rows): a FAISS
+    candidates (at least ``10k``) re-ranked on ``exact`` (float16, the same rows): a FAISS
     ``IndexRefine``, whose ``k_factor`` field holds the shortlist (:func:`search_parameters`
     turns it into the factor of each ``k``). Other types are returned as they are. Raises
     ValueError when the two do not hold the same rows or ``shortlist`` < 1."""
@@ -343,8 +352,9 @@ def save(index: faiss.Index, path: Path) -> int:
 def load_mmap(
     path: Path, exact: faiss.Index | None = None, shortlist: int = SHORTLISTS[0]
 ) -> faiss.Index:
-    """Read the index at ``path`` memory-mapped (``IO_FLAG_MMAP_IFC``): vector codes, ids
-    and inverted lists are pages of the file, shared by every process reading it. An
+    """Read the index at ``path`` with ``IO_FLAG_MMAP_IFC``: the exact type's codes and
+    IVF-SQ8's inverted lists are pages of the file, shared by every process reading it;
+    the fast-scan type's block lists are copied into memory (FAISS 1.15). An
     :data:`IVF_PQ` index is returned re-ranked on ``exact`` (:func:`with_refine`, with
     the ``shortlist`` it was calibrated to: :func:`shortlist_of` before :func:`save`),
     which it needs. The result is read-only: never call ``add_with_ids`` or ``remove_ids`` on it
@@ -368,7 +378,7 @@ def search(
     product, best first, m <= k; with ``ids``, only among those ids.
 
     ``vector``: one query, shape (dim,) or (1, dim). The approximate type's shortlist
-    (calibrated, at least ``2k``) is re-ranked on float16 vectors. With a filter, the IVF
+    (calibrated, at least ``10k``) is re-ranked on float16 vectors. With a filter, the IVF
     index visits ``nprobe / sqrt(fraction)`` lists (at most all of them), where
     ``fraction`` is the share of the index the filter allows, so a narrow filter still
     fills ``k``: measured
@@ -441,8 +451,8 @@ def search_parameters(
 ) -> faiss.SearchParameters:
     """FAISS search parameters for ``k`` results: the IVF types' saved ``nprobe``, widened
     to ``nprobe / sqrt(share allowed)`` under a ``selector`` that allows ``allowed`` of
-    the vectors (not widened when ``allowed`` is None); the re-ranked type's shortlist
-    (:func:`shortlist_of`, at least ``2k``)."""
+    the vectors (not widened when ``allowed`` is None); the re-ranked type re-ranks its
+    shortlist (:func:`shortlist_of`) or ``10k`` candidates, whichever is more."""
     if kind_of(index) == EXACT:
         params = faiss.SearchParameters()
         if selector is not None:
@@ -459,7 +469,9 @@ def search_parameters(
     if not isinstance(index, faiss.IndexRefine):
         return inner
     outer = faiss.IndexRefineSearchParameters()
-    outer.k_factor = max(2.0, index.k_factor / max(k, 1))
+    k = max(k, 1)
+    candidates = max(float(index.k_factor), float(_CANDIDATES_PER_RESULT * k))
+    outer.k_factor = (candidates + 0.5) / k  # FAISS truncates k * k_factor: never one short
     outer.base_index_params = inner  # FAISS's wrapper keeps ``inner`` alive with ``outer``
     return outer
 

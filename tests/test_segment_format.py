@@ -133,6 +133,8 @@ def test_a_segment_with_the_ivf_sq8_index_of_format_7_is_still_searched(
     and searched as they are, with the calibrated ``nprobe`` saved in the file."""
     import faiss
 
+    from qa.index import segment as segment_module
+
     def ivf_sq8(n: int, dim: int, config: AnnConfig | None = None) -> faiss.Index:
         quantizer = faiss.IndexFlatIP(dim)
         return faiss.IndexIVFScalarQuantizer(
@@ -144,10 +146,19 @@ def test_a_segment_with_the_ivf_sq8_index_of_format_7_is_still_searched(
     segment = synthetic(300, 10)
     snap = publish(LocalIndexStore(tmp_path, ann=AnnConfig(min_chunks=1_000)), segment)
     seg_dir = tmp_path / "segments" / "seg-000001"
-    vectors = json.loads((seg_dir / "manifest.json").read_text("utf-8"))["vectors"]
-    assert vectors["kind"] == ann.IVF_SQ8 and vectors["shortlist"] is None
+    seg_manifest = json.loads((seg_dir / "manifest.json").read_text("utf-8"))
+    assert seg_manifest["vectors"]["kind"] == ann.IVF_SQ8
+    # as format 7 wrote it: no shortlist, version 7 (the generation names its new checksum)
+    seg_manifest["format_version"] = 7
+    del seg_manifest["vectors"]["shortlist"]
+    (seg_dir / "manifest.json").write_text(json.dumps(seg_manifest), "utf-8")
+    gen_manifest_path = snap.path / "manifest.json"
+    gen_manifest = json.loads(gen_manifest_path.read_text("utf-8"))
+    gen_manifest["segments"]["seg-000001"] = segment_module.sha256_file(seg_dir / "manifest.json")
+    gen_manifest_path.write_text(json.dumps(gen_manifest), "utf-8")
     monkeypatch.undo()
     snap = load_current(tmp_path, SPEC)
+    assert ann.kind_of(snap._segments[0].store.approximate) == ann.IVF_SQ8
     hits = [
         len(np.intersect1d(
             snap.dense(q, 10, None).ids,

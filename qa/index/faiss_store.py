@@ -15,7 +15,9 @@ Snapshot interface. Files of a segment:
   (segments of index format 6 and 7 hold IVF over 8-bit codes, searched as they are).
 
 Both are read with ``IO_FLAG_MMAP_IFC`` (qa.ann.load_mmap): loading costs milliseconds and
-the pages are the page cache's, shared by every process serving the segment. A filter is
+the float16 vectors are the page cache's pages, shared by every process serving the
+segment (FAISS copies the fast-scan lists of ``ann.faiss``, 96 bytes a chunk at 384
+dimensions, into each process). A filter is
 a bitmap over the rows (qa.ann.search_rows); few allowed rows (at most the segment's
 ``QA_ANN_MIN_CHUNKS`` when it was written) are searched on the exact index, where the
 bitmap costs one bit test a row and only the allowed rows are scored, instead of the
