@@ -203,8 +203,9 @@ def build(
 
     The approximate type is trained on a sample (64 points a list), re-ranked on ``exact``
     (the float16 index of the same rows, :func:`exact_rows`; made here when not given) and
-    its ``nprobe`` calibrated (:func:`calibrate`) on up to 512 of the vectors, held out
-    until then; it is returned under its re-ranking (:func:`with_refine`; :func:`save`
+    its ``nprobe`` and shortlist calibrated (:func:`calibrate`) on up to 512 of the
+    vectors, held out of training and never returned while calibrating; it is returned
+    under its re-ranking (:func:`with_refine`; :func:`save`
     writes the approximate part only). Raises ``ValueError`` on mismatched shapes, repeated
     ids, or ids other than the rows for the approximate type.
     """
