@@ -99,8 +99,8 @@ class FaissStore:
         """Write ``vectors`` (n, dim) as the exact float16 index and, from
         ``config.min_chunks`` rows up, the approximate one (built on the float16 values, so
         that both indexes and rescoring agree). Returns what the segment manifest records:
-        {"kind", "nprobe", "shortlist", "min_chunks", "codes_offset"}. Raises RuntimeError when FAISS did
-        not write the codes as the file's last bytes."""
+        {"kind", "nprobe", "shortlist", "min_chunks", "codes_offset"}. Raises RuntimeError
+        when FAISS did not write the codes as the file's last bytes."""
         n, dim = vectors.shape
         half = np.ascontiguousarray(vectors, dtype=np.float16)
         exact = _exact_index(dim)
