@@ -454,12 +454,13 @@ def search_parameters(
     to ``nprobe / sqrt(share allowed)`` under a ``selector`` that allows ``allowed`` of
     the vectors (not widened when ``allowed`` is None); the re-ranked type re-ranks its
     shortlist (:func:`shortlist_of`) or ``10k`` candidates, whichever is more."""
-    if kind_of(index) == EXACT:
+    try:  # one lookup of the IVF part a search (kind_of would look twice)
+        ivf = faiss.extract_index_ivf(base_of(index))
+    except RuntimeError:  # the exact type
         params = faiss.SearchParameters()
         if selector is not None:
             params.sel = selector
         return params
-    ivf = faiss.extract_index_ivf(base_of(index))
     inner = faiss.SearchParametersIVF()
     inner.nprobe = int(ivf.nprobe)
     if selector is not None:
