@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from bench.scale import DIM, make_vectors
+from qa import ann
 
 Search = Callable[[np.ndarray, int], np.ndarray]
 
@@ -50,7 +51,7 @@ def timed(search: Search, queries: np.ndarray, truth: np.ndarray) -> tuple[float
 
 
 def ivf_sq8(xb: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, list[Any]]:
-    nlist = 2 ** round(np.log2(np.sqrt(len(xb))))
+    nlist = ann.lists_for(len(xb))
     index = faiss.IndexIVFScalarQuantizer(
         faiss.IndexFlatIP(DIM), DIM, nlist, faiss.ScalarQuantizer.QT_8bit,
         faiss.METRIC_INNER_PRODUCT,
@@ -65,15 +66,11 @@ def ivf_sq8(xb: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, list[Any]]
 
 
 def ivf_pq4fs(xb: np.ndarray, sample: np.ndarray) -> tuple[faiss.Index, list[Any]]:
-    nlist = 2 ** round(np.log2(np.sqrt(len(xb))))
-    base = faiss.index_factory(DIM, f"IVF{nlist},PQ{DIM // 2}x4fs", faiss.METRIC_INNER_PRODUCT)
+    """qa.ann's own type (``make_index``, ``exact_rows``, ``with_refine``), uncalibrated."""
+    base = ann.make_index(len(xb), DIM, ann.AnnConfig(min_chunks=0))
     base.train(sample)
     base.add(xb)
-    exact = faiss.IndexScalarQuantizer(
-        DIM, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-    )
-    exact.add(xb)
-    index = faiss.IndexRefine(base, exact)
+    index = ann.with_refine(base, ann.exact_rows(xb))
     settings = []
     for nprobe in (32, 48, 64):
         for shortlist in (100, 256, 512):
